@@ -1,0 +1,49 @@
+"""The Serve application builder: ``import_path: serve_app.app:build_app``.
+
+``args`` (the application's ``args:`` in a Serve config file) are validated by one schema
+(:class:`serve_app.app_config.AppConfig`) before anything starts. Deployment options that follow
+from the engine's parallelism (placement group bundles and strategy, the replica's own resources)
+are derived here; everything else about a deployment (autoscaling, max_ongoing_requests,
+max_queued_requests, CPUs of preprocessing replicas) is set in the Serve config's
+``deployments:`` section, which Serve applies on top.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serve_app.app_config import AppConfig, parse_app_config
+from serve_app.deployments.engine import Engine
+from serve_app.deployments.ingress import Ingress
+from serve_app.deployments.preprocessor import Preprocessor
+from serve_app.placement import engine_placement
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    config = parse_app_config(args)
+    _check_engine_kwargs_if_possible(config)
+    engine = Engine.options(**engine_placement(config.engine).deployment_options()).bind(config)
+    preprocessor = Preprocessor.bind(config)
+    return Ingress.bind(preprocessor, engine, config)
+
+
+def _check_engine_kwargs_if_possible(config: AppConfig) -> None:
+    """Where vLLM is importable (it usually is where `serve run` runs), refuse unknown engine
+    arguments now rather than in every replica later."""
+    try:
+        import dataclasses
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+    except Exception:  # noqa: BLE001 - vLLM missing or broken here: the replica will check
+        return
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    unknown = sorted(set(config.engine.engine_kwargs) - known)
+    if unknown:
+        from serve_app.app_config import ConfigError
+
+        raise ConfigError(
+            "Invalid app config: args.engine.engine_kwargs: unknown vLLM engine argument(s) "
+            + ", ".join(f"{k!r}" for k in unknown)
+        )

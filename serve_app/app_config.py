@@ -1,0 +1,140 @@
+"""The application's own configuration: the ``args:`` of the Serve application (pure).
+
+One pydantic schema validates everything under ``args:`` when the app is built (``serve run`` /
+``serve deploy`` call :func:`serve_app.app.build_app`), so a bad value fails at once with one
+message naming the key and the value, instead of minutes later inside a replica.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from serve_app.media.config import MediaConfig
+
+EMBEDDED_TINY_MODEL = "embedded:tiny-qwen2.5-vl"
+
+# Engine arguments that the app derives itself; setting them under engine.engine_kwargs would
+# silently fight the placement group or the model section, so they are refused.
+_RESERVED_ENGINE_KWARGS = {
+    "model": "model.path",
+    "tokenizer": "model.path",
+    "served_model_name": "model.served_name",
+    "tensor_parallel_size": "engine.tensor_parallel_size",
+    "pipeline_parallel_size": "engine.pipeline_parallel_size",
+    "distributed_executor_backend": "engine.tensor_parallel_size (the app picks the executor)",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    path: str = Field(
+        EMBEDDED_TINY_MODEL,
+        description=f"Local checkpoint directory (or a hub id where the cluster can reach one). "
+        f"'{EMBEDDED_TINY_MODEL}' builds the project's tiny random-weight model on first start.",
+    )
+    served_name: str | None = Field(
+        None, description="Model name clients send in `model`; default: the checkpoint directory's name."
+    )
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.path == EMBEDDED_TINY_MODEL
+
+    @property
+    def name(self) -> str:
+        if self.served_name:
+            return self.served_name
+        if self.is_embedded:
+            return "qwen2.5-vl-tiny"
+        return os.path.basename(self.path.rstrip("/")) or self.path
+
+
+class EngineSection(_Strict):
+    accelerator: Literal["GPU", "CPU"] = Field(
+        "GPU", description="GPU for vLLM's CUDA build; CPU for vLLM's CPU build (development, CI)."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    pipeline_parallel_size: int = Field(1, ge=1, le=64)
+    placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "STRICT_PACK",
+        description="Placement group strategy of an engine replica. STRICT_PACK keeps all of a "
+        "replica's GPUs on one node (NVLink for tensor parallelism).",
+    )
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs held by the engine replica itself (in bundle 0).")
+    worker_cpus: float = Field(
+        1.0, ge=0, description="CPUs reserved in each bundle beside its GPU for a vLLM worker (TP×PP > 1)."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed through to vLLM's AsyncEngineArgs (max_model_len, gpu_memory_utilization, "
+        "quantization, limit_mm_per_prompt, ...).",
+    )
+    awq_preflight: bool = Field(
+        True, description="Check AWQ weight shapes against the tensor-parallel size before loading weights."
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _no_reserved_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in _RESERVED_ENGINE_KWARGS:
+                raise ValueError(f"'{key}' is set by the app; use {_RESERVED_ENGINE_KWARGS[key]} instead")
+        return value
+
+
+class ServingSection(_Strict):
+    max_n: int = Field(8, ge=1, le=128, description="Largest `n` (choices per request) accepted.")
+    max_top_logprobs: int = Field(20, ge=0, le=20)
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest accepted HTTP request body (data URIs included)."
+    )
+
+
+class AppConfig(_Strict):
+    model: ModelSection = Field(default_factory=ModelSection)
+    engine: EngineSection = Field(default_factory=EngineSection)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    serving: ServingSection = Field(default_factory=ServingSection)
+
+    @model_validator(mode="after")
+    def _cpu_engine_is_single_process(self) -> "AppConfig":
+        if self.engine.accelerator == "CPU" and self.engine.pipeline_parallel_size > 1:
+            raise ValueError("pipeline_parallel_size > 1 is not supported with accelerator CPU")
+        return self
+
+
+class ConfigError(ValueError):
+    """A bad value under the Serve application's ``args``; the message names the key and the value."""
+
+
+def parse_app_config(args: dict[str, Any] | AppConfig | None) -> AppConfig:
+    if isinstance(args, AppConfig):
+        return args
+    try:
+        return AppConfig.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix="args")) from None
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown key")
+        elif err["type"] == "missing":
+            parts.append(f"{loc}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc} = {err.get('input')!r}: {msg}")
+    return "Invalid app config: " + "; ".join(parts)

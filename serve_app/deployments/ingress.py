@@ -1,0 +1,247 @@
+"""Ingress deployment: the OpenAI-compatible HTTP API (FastAPI under ``@serve.ingress``).
+
+Per request: validate (pure models) → plan the chat (pure) → for media, ``Preprocessor.prepare``
+→ ``Engine.generate``, with the preprocessor's DeploymentResponse passed straight into the engine
+call so the pixels go preprocessor → engine through the object store, never through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.app_config import AppConfig
+from serve_app.chat import plan_chat
+from serve_app.errors import (
+    EngineError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+    ServeAppError,
+    error_body,
+)
+from serve_app.media.errors import MediaError
+from serve_app.prepared import TextOnlyPrompt
+from serve_app.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+    ModelList,
+    describe_validation_error,
+)
+from serve_app.responses import ChunkStream, CompletionAccumulator
+from serve_app.sampling import sampling_kwargs
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(
+    title="Qwen2.5-VL on Ray Serve",
+    description="OpenAI-compatible chat completions for Qwen2.5-VL with images and videos.",
+    version="0.1.0",
+)
+
+_ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 500, 503)}
+
+
+def _error(exc: ServeAppError) -> JSONResponse:
+    return JSONResponse(exc.to_body(), status_code=exc.status_code)
+
+
+def _classify(exc: BaseException) -> ServeAppError:
+    """Map anything raised in the pipeline to the OpenAI error the client gets. Ray re-raises a
+    replica's exception as a RayTaskError whose ``cause`` is the original exception."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        return _classify(cause)
+    if isinstance(exc, ServeAppError):
+        return exc
+    if isinstance(exc, MediaError):
+        return InvalidRequestError(str(exc))
+    if isinstance(exc, BackPressureError):
+        return OverloadedError("the server is overloaded; retry later")
+    return EngineError(f"internal error: {type(exc).__name__}")
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, preprocessor: DeploymentHandle, engine: DeploymentHandle, config: AppConfig) -> None:
+        self._pre = preprocessor
+        self._engine = engine
+        self._config = config
+        self._model = config.model.name
+        self._created = int(time.time())
+        self._max_model_len: int | None = None
+
+    async def _request(self, raw: Request) -> ChatCompletionRequest:
+        limit = self._config.serving.max_request_bytes
+        declared = raw.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _TooLarge(limit)
+        body = bytearray()
+        async for chunk in raw.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _TooLarge(limit)
+        try:
+            return ChatCompletionRequest.model_validate_json(bytes(body))
+        except ValidationError as exc:
+            raise InvalidRequestError(describe_validation_error(exc)) from None
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses={
+            200: {
+                "description": "A chat completion, or with stream=true an SSE stream of chunks ending in [DONE]",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionResponse"}},
+                    "text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}},
+                },
+            },
+            **_ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+            }
+        },
+    )
+    async def chat_completions(self, raw: Request):
+        try:
+            req = await self._request(raw)
+            if req.model != self._model:
+                raise ModelNotFoundError(f"model '{req.model}' is not served here; this server serves '{self._model}'",
+                                         param="model")
+            sampling = sampling_kwargs(req, self._config.serving)
+            plan = plan_chat(req.messages, self._config.media.max_items_per_request)
+        except _TooLarge as exc:
+            return JSONResponse(error_body(str(exc), "invalid_request_error", 413), status_code=413)
+        except ServeAppError as exc:
+            return _error(exc)
+
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        if plan.media:
+            prompt: Any = self._pre.prepare.remote(plan)  # DeploymentResponse: resolved in the engine replica
+        else:
+            prompt = TextOnlyPrompt(plan.template_messages)
+        gen = self._engine.options(stream=True).generate.remote(
+            prompt, sampling, request_id, req.stream, top_logprobs
+        )
+        if req.stream:
+            return await self._stream(gen, req, request_id, top_logprobs)
+        acc = CompletionAccumulator(req.n, want_logprobs=top_logprobs is not None)
+        try:
+            async for delta in gen:
+                acc.add(delta)
+        except asyncio.CancelledError:
+            gen.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error body
+            return self._failure(exc, request_id)
+        return JSONResponse(acc.response(request_id=request_id, model=self._model, created=int(time.time())))
+
+    async def _stream(self, gen, req: ChatCompletionRequest, request_id: str, top_logprobs):
+        # Wait for the first delta before sending headers, so errors (bad media, prompt too long)
+        # still get a proper 4xx status instead of an in-stream error.
+        try:
+            first = await gen.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except Exception as exc:  # noqa: BLE001
+            return self._failure(exc, request_id)
+        chunks = ChunkStream(
+            request_id=request_id, model=self._model, created=int(time.time()), n=req.n,
+            include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        )
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                if first is not None:
+                    for line in chunks.on_delta(first):
+                        yield line
+                    async for delta in gen:
+                        for line in chunks.on_delta(delta):
+                            yield line
+                for line in chunks.finish():
+                    yield line
+            except asyncio.CancelledError:
+                # The client went away: cancelling the handle generator cancels the engine-side
+                # generator, which aborts the vLLM request.
+                gen.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001
+                err = self._classify_and_log(exc, request_id)
+                yield chunks.error(err.to_body())
+                yield "data: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
+
+    def _classify_and_log(self, exc: BaseException, request_id: str) -> ServeAppError:
+        err = _classify(exc)
+        if err.status_code >= 500:
+            logger.error("request %s failed: %r", request_id, exc)
+        return err
+
+    def _failure(self, exc: BaseException, request_id: str) -> JSONResponse:
+        return _error(self._classify_and_log(exc, request_id))
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(self) -> dict[str, Any]:
+        if self._max_model_len is None:
+            info = await self._engine.model_info.remote()
+            self._max_model_len = info["max_model_len"]
+        return {
+            "object": "list",
+            "data": [{"id": self._model, "object": "model", "created": self._created, "owned_by": "serve_app",
+                      "max_model_len": self._max_model_len}],
+        }
+
+    @app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+
+
+def _openapi_with_models() -> dict[str, Any]:
+    """FastAPI only emits schemas used by parameters; the request body is parsed by hand (to cap
+    its size), so its schema and the response schemas are added here."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ChatCompletionRequest, ChatCompletionResponse, ChatCompletionChunk, ErrorResponse, ModelList):
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        for name, sub in js.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components[model.__name__] = js
+    app.openapi_schema = schema
+    return schema
+
+
+app.openapi = _openapi_with_models  # type: ignore[method-assign]
+
+
+@app.exception_handler(InvalidRequestError)
+async def _invalid(_: Request, exc: InvalidRequestError) -> JSONResponse:  # pragma: no cover - safety net
+    return _error(exc)

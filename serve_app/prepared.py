@@ -1,0 +1,51 @@
+"""What the preprocessor hands the engine through Ray's object store (pure).
+
+Media travel as numpy arrays (uint8, HWC / THWC): Ray serialises them out-of-band, so an engine
+replica reads pixels from the object store without a copy through the ingress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class PreparedPrompt:
+    prompt: str
+    images: list[np.ndarray] = field(default_factory=list)
+    image_uuids: list[str] = field(default_factory=list)
+    videos: list[tuple[np.ndarray, dict[str, Any]]] = field(default_factory=list)
+    video_uuids: list[str] = field(default_factory=list)
+
+    def vllm_prompt(self) -> dict[str, Any]:
+        """A vLLM ``TextPrompt`` dict."""
+        prompt: dict[str, Any] = {"prompt": self.prompt}
+        mm: dict[str, Any] = {}
+        uuids: dict[str, Any] = {}
+        if self.images:
+            mm["image"] = self.images
+            uuids["image"] = self.image_uuids
+        if self.videos:
+            mm["video"] = self.videos
+            uuids["video"] = self.video_uuids
+        if mm:
+            prompt["multi_modal_data"] = mm
+            prompt["multi_modal_uuids"] = uuids
+        return prompt
+
+    def media_tokens_hint(self) -> dict[str, list[tuple[int, ...]]]:
+        """Shapes of the media, for logs and tests."""
+        return {
+            "image": [tuple(a.shape) for a in self.images],
+            "video": [tuple(v[0].shape) for v in self.videos],
+        }
+
+
+@dataclass
+class TextOnlyPrompt:
+    """A request without media skips the preprocessor hop: the engine renders the chat template."""
+
+    template_messages: list[dict[str, Any]]

@@ -1,0 +1,95 @@
+"""Media limits and policy: the ``media:`` section of the app's YAML config."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from . import vision_math as vm
+
+MiB = 1024 * 1024
+
+
+class MediaConfig(BaseModel):
+    """Every limit has a default that is safe on a cluster-wide endpoint.
+
+    Pixel/frame defaults are Qwen2.5-VL's (qwen-vl-utils 0.0.14); per-request options may ask
+    for less or for other values within ``[image_min_pixels, image_max_pixels]`` bounds checked
+    in ``MediaLoader.validate_options``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- where media may come from -------------------------------------------------------
+    allowed_local_roots: list[str] = Field(default_factory=list,
+        description="Local paths / file:// URLs are read only under these directories (resolved, "
+                    "symlinks followed, then checked). Empty: local files refused.")
+    allow_hosts: list[str] = Field(default_factory=list,
+        description="Hostnames (exact, or '*.suffix') or CIDRs exempt from the private-address refusal.")
+    allow_http: bool = Field(True, description="Allow plain http:// URLs (https:// always allowed).")
+    allow_data_uris: bool = True
+
+    # --- network --------------------------------------------------------------------------
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0, description="Max wait for each chunk of the response.")
+    fetch_timeout_s: float = Field(60.0, gt=0, description="Max time for one whole download incl. redirects.")
+    max_redirects: int = Field(3, ge=0, le=20)
+    max_connections: int = Field(64, ge=1)
+    user_agent: str = "serve-app-media/1.0"
+
+    # --- size limits ----------------------------------------------------------------------
+    max_image_bytes: int = Field(32 * MiB, gt=0)
+    max_video_bytes: int = Field(512 * MiB, gt=0)
+    max_data_uri_bytes: int = Field(32 * MiB, gt=0, description="Decoded size cap of a data: URI.")
+    max_image_pixels: int = Field(100_000_000, gt=0,
+        description="Source width*height, checked from the header before decoding (decompression bombs).")
+    max_video_frame_pixels: int = Field(8192 * 4352, gt=0, description="Source frame width*height of a video.")
+    max_video_frames: int = Field(vm.FPS_MAX_FRAMES, ge=2,
+        description="Most frames handed to the model per video (sampled, or listed).")
+    max_video_source_frames: int = Field(200_000, ge=1, description="Most frames in a source clip.")
+    max_video_duration_s: float = Field(3600.0, gt=0)
+    max_items_per_request: int = Field(32, ge=1)
+
+    # --- cache ----------------------------------------------------------------------------
+    cache_max_bytes: int = Field(1024 * MiB, ge=0, description="Decoded-output LRU cache (0 disables).")
+    cache_url_ttl_s: float = Field(300.0, ge=0, description="How long a URL's result is reused without refetching.")
+
+    # --- Qwen2.5-VL defaults (qwen-vl-utils 0.0.14) ---------------------------------------
+    image_min_pixels: int = Field(vm.MIN_PIXELS, gt=0)
+    image_max_pixels: int = Field(vm.MAX_PIXELS, gt=0)
+    video_fps: float = Field(vm.FPS, gt=0)
+    video_min_frames: int = Field(vm.FPS_MIN_FRAMES, ge=1)
+    video_max_frames: int = Field(vm.FPS_MAX_FRAMES, ge=2)
+    video_min_pixels: int = Field(vm.VIDEO_MIN_PIXELS, gt=0)
+    video_max_pixels: int = Field(vm.VIDEO_MAX_PIXELS, gt=0)
+    video_total_pixels: float = Field(vm.VIDEO_TOTAL_PIXELS, gt=0)
+
+    # --- decode ---------------------------------------------------------------------------
+    fast_jpeg: bool = Field(True,
+        description="Decode JPEGs at a reduced DCT scale when the target is at most half the source "
+                    "size (then the exact final resize). Off: bit-exact qwen-vl-utils pipeline.")
+    decode_threads: int = Field(0, ge=0, description="Decode thread pool size (0: number of CPUs).")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for h in v:
+            h = h.strip().lower().rstrip(".")
+            if not h:
+                raise ValueError("empty allow_hosts entry")
+            if "/" in h:
+                ipaddress.ip_network(h, strict=False)  # raises ValueError if malformed
+            out.append(h)
+        return out
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "MediaConfig":
+        if self.image_min_pixels > self.image_max_pixels:
+            raise ValueError("image_min_pixels must be <= image_max_pixels")
+        if self.video_min_pixels > self.video_max_pixels:
+            raise ValueError("video_min_pixels must be <= video_max_pixels")
+        if self.video_min_frames > self.video_max_frames:
+            raise ValueError("video_min_frames must be <= video_max_frames")
+        return self

@@ -1,0 +1,107 @@
+"""Image bytes -> RGB PIL image resized exactly as qwen-vl-utils 0.0.14 ``fetch_image`` does.
+
+Reference pipeline (``exact``): ``Image.open`` -> ``to_rgb`` (RGBA pasted on white with its alpha
+as mask; every other mode ``convert("RGB")``: palette, L, LA, CMYK, I;16, ...) -> ``resize`` with
+Pillow's default filter for RGB (BICUBIC, antialiased) to ``smart_resize``'s size. The source
+size is read from the header and checked against ``max_image_pixels`` before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from . import vision_math as vm
+from .errors import MediaError, MediaTooLarge
+
+# Magic numbers of the formats we accept as images.
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    return None
+
+
+def describe_non_image(data: bytes, content_type: str | None) -> str:
+    if not data:
+        return "image data is empty (0 bytes)"
+    hint = f" (served as {content_type})" if content_type else ""
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return f"content is an HTML page, not an image{hint}"
+    if head.startswith((b"{", b"[")):
+        return f"content is JSON/text, not an image{hint}"
+    if data[4:8] == b"ftyp":
+        return f"content is a video (MP4/MOV), not an image{hint}"
+    return f"content is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF){hint}"
+
+
+def open_image(data: bytes, *, max_pixels: int, content_type: str | None = None) -> Image.Image:
+    """Open (header only) and check the size; no pixel data is decoded yet."""
+    fmt = sniff_image_format(data)
+    if fmt is None:
+        raise MediaError(describe_non_image(data, content_type))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as e:
+        raise MediaTooLarge(f"image is too large: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"cannot read {fmt} image header: corrupt or truncated ({e})") from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise MediaError(f"{fmt} image has an invalid size {w}x{h}")
+    if w * h > max_pixels:
+        raise MediaTooLarge(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """qwen-vl-utils ``to_rgb``: RGBA composited on white, everything else ``convert("RGB")``."""
+    if img.mode == "RGBA":
+        bg = Image.new("RGB", img.size, (255, 255, 255))
+        bg.paste(img, mask=img.split()[3])
+        return bg
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
+                 min_target_pixels: int = vm.MIN_PIXELS, max_target_pixels: int = vm.MAX_PIXELS,
+                 content_type: str | None = None, fast: bool = True,
+                 factor: int = vm.IMAGE_FACTOR) -> Image.Image:
+    """Decode + convert + resize; raises MediaError with the reason on any bad input."""
+    img = open_image(data, max_pixels=max_pixels, content_type=content_type)
+    w, h = img.size
+    th, tw = vm.image_target_size(h, w, options, min_pixels=min_target_pixels,
+                                  max_pixels=max_target_pixels, factor=factor)
+    if fast and img.format == "JPEG":
+        from .image_fast import decode_jpeg_resized
+        out = decode_jpeg_resized(data, img, (tw, th))
+        if out is not None:
+            return out
+    try:
+        rgb = to_rgb(img)
+        return rgb.resize((tw, th))
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise MediaError(f"cannot decode {img.format} image: corrupt or truncated ({e})") from None
+    except Image.DecompressionBombError as e:  # pragma: no cover - checked above
+        raise MediaTooLarge(str(e)) from None

@@ -1,0 +1,361 @@
+"""Turning a request's media content parts into model-ready images and videos.
+
+``MediaLoader.load`` fetches all items of a request concurrently, decodes them in a thread pool
+(off the event loop), caches results by content (and URLs by source, for ``cache_url_ttl_s``) and
+raises ``MediaError("<where>: <reason>")`` for the first item that cannot be used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from . import vision_math as vm
+from .cache import ByteLRU
+from .config import MediaConfig
+from .errors import MediaError, MediaTooLarge
+from .fetch import Fetched, Fetcher, source_kind
+from .image import decode_image
+from .netguard import Resolver
+from .resize import resize_rgb
+from .video import VideoDefaults, VideoLimits, decode_video
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = "qwen2.5-vl/qwen-vl-utils-0.0.14/v1"
+
+IMAGE_OPTIONS = frozenset({"min_pixels", "max_pixels", "resized_height", "resized_width"})
+VIDEO_OPTIONS = IMAGE_OPTIONS | frozenset({"fps", "nframes", "min_frames", "max_frames", "total_pixels",
+                                           "video_start", "video_end", "sample_fps"})
+_INT_OPTIONS = frozenset({"resized_height", "resized_width", "nframes", "min_frames", "max_frames"})
+_MAX_SIDE = 32768
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    kind: Literal["image", "video"]
+    source: str | list[str]  # http(s) URL, data: URI, local path or file:// URL; video: also a list of frames
+    options: Mapping[str, Any] = field(default_factory=dict)
+    where: str = "media"  # e.g. "messages[0].content[1]"; prefixes every MediaError message
+
+
+@dataclass
+class LoadedImage:
+    image: Image.Image  # RGB, resized exactly as qwen-vl-utils would
+    uuid: str  # stable content id -> vLLM multi_modal_uuids
+
+
+@dataclass
+class LoadedVideo:
+    frames: np.ndarray  # uint8 [T, H, W, 3], T even, resized
+    metadata: dict  # fps (sampling fps, what Qwen2.5-VL's processor takes as `fps`), source_fps,
+    #                 frames_indices, total_num_frames, duration, video_backend
+    uuid: str
+
+    @property
+    def sample_fps(self) -> float:
+        return float(self.metadata["fps"])
+
+
+def _canon(options: Mapping[str, Any]) -> str:
+    return json.dumps({k: options[k] for k in sorted(options)}, separators=(",", ":"), default=str)
+
+
+class MediaLoader:
+    def __init__(self, config: MediaConfig | None = None, *, resolver: Resolver | None = None,
+                 network_backend=None, executor: ThreadPoolExecutor | None = None):
+        self.config = config or MediaConfig()
+        self.fetcher = Fetcher(self.config, resolver=resolver, network_backend=network_backend)
+        self.cache: ByteLRU[LoadedImage | LoadedVideo] = ByteLRU(self.config.cache_max_bytes)
+        n = self.config.decode_threads or (os.cpu_count() or 1)
+        self._executor = executor or ThreadPoolExecutor(max_workers=n, thread_name_prefix="media-decode")
+        self._limits = VideoLimits(
+            max_frame_pixels=self.config.max_video_frame_pixels,
+            max_source_frames=self.config.max_video_source_frames,
+            max_duration_s=self.config.max_video_duration_s,
+            max_sampled_frames=self.config.max_video_frames,
+        )
+        c = self.config
+        self._vdefaults = VideoDefaults(fps=c.video_fps, min_frames=c.video_min_frames, max_frames=c.video_max_frames,
+                                        min_pixels=c.video_min_pixels, max_pixels=c.video_max_pixels,
+                                        total_pixels=c.video_total_pixels)
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ validation (no I/O)
+    def validate_options(self, spec: MediaSpec) -> None:
+        """Raise MediaError for an unknown or invalid option, kind or source shape. Cheap, no I/O."""
+        w = spec.where
+        if spec.kind not in ("image", "video"):
+            raise MediaError(f"{w}: unknown media kind {spec.kind!r}")
+        if isinstance(spec.source, (list, tuple)):
+            if spec.kind != "video":
+                raise MediaError(f"{w}: a list of frames is only accepted for video")
+            if not spec.source:
+                raise MediaError(f"{w}: the frame list is empty")
+            if len(spec.source) > self.config.max_video_frames:
+                raise MediaError(f"{w}: {len(spec.source)} frames given, more than the limit of "
+                                 f"{self.config.max_video_frames}")
+            srcs = list(spec.source)
+        else:
+            srcs = [spec.source]
+        for s in srcs:
+            if not isinstance(s, str) or not s.strip():
+                raise MediaError(f"{w}: media source must be a non-empty string (URL, data: URI or path)")
+            try:
+                kind = source_kind(s)
+            except MediaError as e:
+                raise e.with_where(w) from None
+            if kind == "data" and not self.config.allow_data_uris:
+                raise MediaError(f"{w}: data: URIs are not allowed on this server")
+            if kind == "file" and not self.config.allowed_local_roots:
+                raise MediaError(f"{w}: local file paths are not allowed on this server")
+        opts = dict(spec.options or {})
+        allowed = IMAGE_OPTIONS if spec.kind == "image" else VIDEO_OPTIONS
+        unknown = sorted(set(opts) - allowed)
+        if unknown:
+            raise MediaError(f"{w}: unknown {spec.kind} option(s) {', '.join(unknown)} "
+                             f"(supported: {', '.join(sorted(allowed))})")
+        for k, v in opts.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise MediaError(f"{w}: option {k} must be a number, got {v!r}")
+            if k in _INT_OPTIONS and v != int(v):
+                raise MediaError(f"{w}: option {k} must be an integer, got {v!r}")
+            if k in ("video_start", "video_end"):
+                if v < 0:
+                    raise MediaError(f"{w}: option {k} must be >= 0, got {v!r}")
+            elif v <= 0:
+                raise MediaError(f"{w}: option {k} must be > 0, got {v!r}")
+        c = self.config
+        if ("resized_height" in opts) != ("resized_width" in opts):
+            raise MediaError(f"{w}: resized_height and resized_width must be given together")
+        for k in ("resized_height", "resized_width"):
+            if k in opts and opts[k] > _MAX_SIDE:
+                raise MediaError(f"{w}: option {k} must be <= {_MAX_SIDE}, got {opts[k]!r}")
+        if spec.kind == "image":
+            lo, hi = opts.get("min_pixels", c.image_min_pixels), opts.get("max_pixels", c.image_max_pixels)
+            cap = c.image_max_pixels
+        else:
+            lo, hi = opts.get("min_pixels", c.video_min_pixels), opts.get("max_pixels", c.video_max_pixels)
+            cap = max(c.video_max_pixels, c.image_max_pixels)
+        for k in ("min_pixels", "max_pixels"):
+            if k in opts and opts[k] > cap:
+                raise MediaError(f"{w}: option {k} must be <= {cap}, got {opts[k]!r}")
+        if "max_pixels" in opts and lo > hi:
+            raise MediaError(f"{w}: max_pixels ({hi}) must be >= min_pixels ({lo})")
+        if spec.kind == "video":
+            if "fps" in opts and "nframes" in opts:
+                raise MediaError(f"{w}: only one of fps and nframes may be given")
+            if "nframes" in opts and not (2 <= opts["nframes"] <= c.max_video_frames):
+                raise MediaError(f"{w}: nframes must be between 2 and {c.max_video_frames}, got {opts['nframes']}")
+            if "max_frames" in opts and opts["max_frames"] > c.max_video_frames:
+                raise MediaError(f"{w}: max_frames must be <= {c.max_video_frames}, got {opts['max_frames']}")
+            if "min_frames" in opts and opts["min_frames"] > c.max_video_frames:
+                raise MediaError(f"{w}: min_frames must be <= {c.max_video_frames}, got {opts['min_frames']}")
+            if "fps" in opts and opts["fps"] > 240:
+                raise MediaError(f"{w}: fps must be <= 240, got {opts['fps']}")
+            if "total_pixels" in opts and opts["total_pixels"] > c.video_total_pixels:
+                raise MediaError(f"{w}: total_pixels must be <= {c.video_total_pixels:g}, got {opts['total_pixels']}")
+            vs, ve = opts.get("video_start"), opts.get("video_end")
+            if vs is not None and ve is not None and vs >= ve:
+                raise MediaError(f"{w}: video_start ({vs}) must be before video_end ({ve})")
+
+    # ------------------------------------------------------------------ loading
+    async def load(self, specs: Sequence[MediaSpec]) -> list[LoadedImage | LoadedVideo]:
+        specs = list(specs)
+        limit = self.config.max_items_per_request
+        if len(specs) > limit:
+            raise MediaError(f"{specs[limit].where}: the request has {len(specs)} media items, more than the "
+                             f"limit of {limit}")
+        for s in specs:
+            self.validate_options(s)
+        if not specs:
+            return []
+        if len(specs) == 1:
+            return [await self._load_one(specs[0])]
+        tasks = [asyncio.ensure_future(self._load_one(s)) for s in specs]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in tasks:  # report the first failing item in request order
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()
+            return [t.result() for t in tasks]
+        finally:
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+
+    async def _load_one(self, spec: MediaSpec) -> LoadedImage | LoadedVideo:
+        try:
+            if spec.kind == "image":
+                return await self._load_image(spec)
+            if isinstance(spec.source, str):
+                return await self._load_video(spec)
+            return await self._load_frame_list(spec)
+        except MediaError as e:
+            raise e.with_where(spec.where) from None
+        except asyncio.CancelledError:
+            raise
+        except MemoryError:
+            raise MediaError(f"{spec.where}: {spec.kind} is too large to decode") from None
+        except Exception as e:  # a decoder bug or an input we did not foresee: still the client's 400
+            log.exception("unexpected error loading %s", spec.where)
+            raise MediaError(f"{spec.where}: cannot load {spec.kind}: {type(e).__name__}: {e}") from None
+
+    def _effective(self, spec: MediaSpec) -> dict[str, Any]:
+        """Options incl. the config defaults that shape the output (for cache keys and uuids)."""
+        c = self.config
+        eff: dict[str, Any] = {"kind": spec.kind, "v": PIPELINE_VERSION}
+        if spec.kind == "image":
+            eff.update(min_pixels=c.image_min_pixels, max_pixels=c.image_max_pixels, fast_jpeg=c.fast_jpeg)
+        else:
+            eff.update(fps=c.video_fps, min_frames=c.video_min_frames, max_frames=c.video_max_frames,
+                       min_pixels=c.video_min_pixels, max_pixels=c.video_max_pixels,
+                       total_pixels=c.video_total_pixels, fast_jpeg=c.fast_jpeg)
+            if "nframes" in spec.options:
+                eff.pop("fps")
+        eff.update(spec.options)
+        return eff
+
+    async def _run(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _cached(self, spec: MediaSpec, source: str, compute_from_bytes, max_bytes: int):
+        """Source-key cache (URLs/files, with TTL) -> fetch -> content-key cache -> compute."""
+        opts = _canon(self._effective(spec))
+        kind = source_kind(source)
+        src_key = None
+        if kind in ("http", "file") and self.config.cache_url_ttl_s > 0:
+            src_key = "src:" + hashlib.sha256(f"{source}\x00{opts}".encode()).hexdigest()
+
+        async def from_source():
+            fetched = await self.fetcher.fetch(source, max_bytes=max_bytes)
+            digest = hashlib.sha256(fetched.data).hexdigest()
+            content_key = "content:" + hashlib.sha256(f"{digest}\x00{opts}".encode()).hexdigest()
+
+            async def compute():
+                uuid = hashlib.sha256(f"{PIPELINE_VERSION}\x00{digest}\x00{opts}".encode()).hexdigest()
+                result = await compute_from_bytes(fetched, uuid)
+                self.cache.put(content_key, result, _nbytes(result))
+                return result
+
+            result = await self.cache.get_or_compute(content_key, compute)
+            if src_key is not None:  # an alias to the content entry; expires after the TTL
+                self.cache.put(src_key, content_key, 256, ttl=self.config.cache_url_ttl_s)
+            return result
+
+        if src_key is None:
+            return await from_source()
+
+        async def via_source():
+            content_key = self.cache.get(src_key)
+            if isinstance(content_key, str):
+                hit = self.cache.get(content_key)
+                if hit is not None:
+                    self.cache.hits += 1
+                    return hit
+            return await from_source()
+
+        return await self.cache.single_flight(src_key, via_source)
+
+    async def _load_image(self, spec: MediaSpec) -> LoadedImage:
+        c = self.config
+
+        async def compute(fetched: Fetched, uuid: str) -> LoadedImage:
+            img = await self._run(decode_image, fetched.data, spec.options, max_pixels=c.max_image_pixels,
+                                  min_target_pixels=c.image_min_pixels, max_target_pixels=c.image_max_pixels,
+                                  content_type=fetched.content_type, fast=c.fast_jpeg)
+            return LoadedImage(image=img, uuid=uuid)
+
+        return await self._cached(spec, spec.source, compute, c.max_image_bytes)
+
+    async def _load_video(self, spec: MediaSpec) -> LoadedVideo:
+        c = self.config
+
+        async def compute(fetched: Fetched, uuid: str) -> LoadedVideo:
+            frames, meta = await self._run(decode_video, fetched.data, spec.options, limits=self._limits,
+                                           defaults=self._vdefaults)
+            frames.flags.writeable = False
+            return LoadedVideo(frames=frames, metadata=meta, uuid=uuid)
+
+        return await self._cached(spec, spec.source, compute, c.max_video_bytes)
+
+    async def _load_frame_list(self, spec: MediaSpec) -> LoadedVideo:
+        """qwen-vl-utils 0.0.14 frame lists: each frame through fetch_image at factor 56, padded to
+        even by repeating the last, then the video resize rule at factor 28."""
+        c = self.config
+        sources = list(spec.source)
+        fetched = await asyncio.gather(*(self.fetcher.fetch(s, max_bytes=c.max_image_bytes) for s in sources))
+        opts = dict(spec.options)
+        f1 = vm.IMAGE_FACTOR * vm.SPATIAL_MERGE_SIZE
+        img_opts = {k: v for k, v in opts.items() if k in IMAGE_OPTIONS}
+        digests = [hashlib.sha256(f.data).hexdigest() for f in fetched]
+        eff = _canon(self._effective(spec))
+        uuid = hashlib.sha256(f"{PIPELINE_VERSION}\x00frames\x00{','.join(digests)}\x00{eff}".encode()).hexdigest()
+        key = "content:" + uuid
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+
+        def decode_one(f: Fetched) -> np.ndarray:
+            img = decode_image(f.data, img_opts, max_pixels=c.max_image_pixels,
+                               min_target_pixels=vm.IMAGE_MIN_TOKEN_NUM * f1**2,
+                               max_target_pixels=vm.IMAGE_MAX_TOKEN_NUM * f1**2,
+                               content_type=f.content_type, fast=c.fast_jpeg, factor=f1)
+            return np.asarray(img)
+
+        async def decode_at(i: int, f: Fetched) -> np.ndarray:
+            try:
+                return await self._run(decode_one, f)
+            except MediaError as e:
+                raise MediaError(f"frame {i}: {e}") from None
+
+        arrays = await asyncio.gather(*(decode_at(i, f) for i, f in enumerate(fetched)))
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise MediaError(f"all frames of a frame list must have the same size, got "
+                             f"{', '.join(f'{s[1]}x{s[0]}' for s in sorted(shapes))}")
+        n = vm.padded_frame_count(len(arrays))
+        arrays = arrays + [arrays[-1]] * (n - len(arrays))
+        h1, w1 = arrays[0].shape[:2]
+        th, tw = vm.video_target_size(h1, w1, n, opts, min_pixels=c.video_min_pixels,
+                                      max_pixels=c.video_max_pixels, total_pixels=c.video_total_pixels)
+
+        def finish() -> np.ndarray:
+            out = np.empty((n, th, tw, 3), np.uint8)
+            done: dict[int, np.ndarray] = {}
+            for i, a in enumerate(arrays):
+                k = id(a)
+                if k not in done:
+                    done[k] = resize_rgb(a, (tw, th))
+                out[i] = done[k]
+            return out
+
+        frames = await self._run(finish)
+        frames.flags.writeable = False
+        sample_fps = float(opts.get("sample_fps", 2.0))
+        meta = {"fps": sample_fps, "source_fps": sample_fps, "frames_indices": list(range(n)),
+                "total_num_frames": n, "duration": n / sample_fps, "video_backend": "frames"}
+        result = LoadedVideo(frames=frames, metadata=meta, uuid=uuid)
+        self.cache.put(key, result, _nbytes(result))
+        return result
+
+
+def _nbytes(r: LoadedImage | LoadedVideo) -> int:
+    if isinstance(r, LoadedImage):
+        return r.image.width * r.image.height * 3 + 256
+    return int(r.frames.nbytes) + 256

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -66,9 +67,14 @@ class MediaConfig(BaseModel):
     video_total_pixels: float = Field(vm.VIDEO_TOTAL_PIXELS, gt=0)
 
     # --- decode ---------------------------------------------------------------------------
-    fast_jpeg: bool = Field(True,
-        description="Decode JPEGs at a reduced DCT scale when the target is at most half the source "
-                    "size (then the exact final resize). Off: bit-exact qwen-vl-utils pipeline.")
+    decode_mode: Literal["fast", "accurate", "reference"] = Field("fast",
+        description="reference: the literal Pillow calls of qwen-vl-utils (bit-exact images). "
+                    "accurate: libjpeg-turbo decode + torch's port of Pillow's resampler (mean |delta| "
+                    "<= 0.01 level, a few pixels off by 1-3). fast: also reduced-scale JPEG decoding when "
+                    "the target is < 1/1.7 of the source and OpenCV cubic for large near-identity "
+                    "resizes (mean |delta| <= 0.5 level, see bench/README.md).")
+    jpeg_reduce_margin: float = Field(1.7, ge=1.0,
+        description="fast mode: decode a JPEG at 1/2^k scale only if still >= this many times the target.")
     decode_threads: int = Field(0, ge=0, description="Decode thread pool size (0: number of CPUs).")
 
     @field_validator("allow_hosts")

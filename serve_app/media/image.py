@@ -13,10 +13,12 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import vision_math as vm
 from .errors import MediaError, MediaTooLarge
+from .resize import resize_rgb
 
 # Magic numbers of the formats we accept as images.
 _MAGIC = (
@@ -86,21 +88,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
                  min_target_pixels: int = vm.MIN_PIXELS, max_target_pixels: int = vm.MAX_PIXELS,
-                 content_type: str | None = None, fast: bool = True,
+                 content_type: str | None = None, mode: str = "fast", margin: float = 1.7,
                  factor: int = vm.IMAGE_FACTOR) -> Image.Image:
-    """Decode + convert + resize; raises MediaError with the reason on any bad input."""
+    """Decode + convert + resize; raises MediaError with the reason on any bad input.
+
+    ``mode`` is MediaConfig.decode_mode: "reference" runs the literal Pillow calls of qwen-vl-utils;
+    "accurate" uses simplejpeg for JPEGs and torch's resampler; "fast" adds reduced-scale JPEG
+    decoding and OpenCV for large near-identity resizes.
+    """
+    accelerate, fast = mode != "reference", mode == "fast"
     img = open_image(data, max_pixels=max_pixels, content_type=content_type)
     w, h = img.size
     th, tw = vm.image_target_size(h, w, options, min_pixels=min_target_pixels,
                                   max_pixels=max_target_pixels, factor=factor)
-    if fast and img.format == "JPEG":
+    if img.format == "JPEG" and accelerate:
         from .image_fast import decode_jpeg_resized
-        out = decode_jpeg_resized(data, img, (tw, th))
+        out = decode_jpeg_resized(data, img, (tw, th), fast=fast, margin=margin)
         if out is not None:
             return out
     try:
         rgb = to_rgb(img)
-        return rgb.resize((tw, th))
+        if not accelerate:
+            return rgb.resize((tw, th))  # the literal qwen-vl-utils call
+        return Image.fromarray(resize_rgb(np.asarray(rgb), (tw, th), fast), "RGB")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise MediaError(f"cannot decode {img.format} image: corrupt or truncated ({e})") from None
     except Image.DecompressionBombError as e:  # pragma: no cover - checked above

@@ -28,7 +28,7 @@ from .errors import MediaError, MediaTooLarge
 from .fetch import Fetched, Fetcher, source_kind
 from .image import decode_image
 from .netguard import Resolver
-from .resize import resize_rgb
+from .resize import resize_rgb, resize_torch
 from .video import VideoDefaults, VideoLimits, decode_video
 
 log = logging.getLogger(__name__)
@@ -220,11 +220,11 @@ class MediaLoader:
         c = self.config
         eff: dict[str, Any] = {"kind": spec.kind, "v": PIPELINE_VERSION}
         if spec.kind == "image":
-            eff.update(min_pixels=c.image_min_pixels, max_pixels=c.image_max_pixels, fast_jpeg=c.fast_jpeg)
+            eff.update(min_pixels=c.image_min_pixels, max_pixels=c.image_max_pixels, decode_mode=c.decode_mode)
         else:
             eff.update(fps=c.video_fps, min_frames=c.video_min_frames, max_frames=c.video_max_frames,
                        min_pixels=c.video_min_pixels, max_pixels=c.video_max_pixels,
-                       total_pixels=c.video_total_pixels, fast_jpeg=c.fast_jpeg)
+                       total_pixels=c.video_total_pixels, decode_mode=c.decode_mode)
             if "nframes" in spec.options:
                 eff.pop("fps")
         eff.update(spec.options)
@@ -278,7 +278,8 @@ class MediaLoader:
         async def compute(fetched: Fetched, uuid: str) -> LoadedImage:
             img = await self._run(decode_image, fetched.data, spec.options, max_pixels=c.max_image_pixels,
                                   min_target_pixels=c.image_min_pixels, max_target_pixels=c.image_max_pixels,
-                                  content_type=fetched.content_type, fast=c.fast_jpeg)
+                                  content_type=fetched.content_type, mode=c.decode_mode,
+                                  margin=c.jpeg_reduce_margin)
             return LoadedImage(image=img, uuid=uuid)
 
         return await self._cached(spec, spec.source, compute, c.max_image_bytes)
@@ -288,7 +289,7 @@ class MediaLoader:
 
         async def compute(fetched: Fetched, uuid: str) -> LoadedVideo:
             frames, meta = await self._run(decode_video, fetched.data, spec.options, limits=self._limits,
-                                           defaults=self._vdefaults)
+                                           defaults=self._vdefaults, mode=c.decode_mode)
             frames.flags.writeable = False
             return LoadedVideo(frames=frames, metadata=meta, uuid=uuid)
 
@@ -315,7 +316,8 @@ class MediaLoader:
             img = decode_image(f.data, img_opts, max_pixels=c.max_image_pixels,
                                min_target_pixels=vm.IMAGE_MIN_TOKEN_NUM * f1**2,
                                max_target_pixels=vm.IMAGE_MAX_TOKEN_NUM * f1**2,
-                               content_type=f.content_type, fast=c.fast_jpeg, factor=f1)
+                               content_type=f.content_type, mode=c.decode_mode,
+                               margin=c.jpeg_reduce_margin, factor=f1)
             return np.asarray(img)
 
         async def decode_at(i: int, f: Fetched) -> np.ndarray:
@@ -341,7 +343,8 @@ class MediaLoader:
             for i, a in enumerate(arrays):
                 k = id(a)
                 if k not in done:
-                    done[k] = resize_rgb(a, (tw, th))
+                    done[k] = resize_rgb(a, (tw, th), fast=c.decode_mode == "fast") \
+                        if c.decode_mode != "reference" else resize_torch(a, (tw, th))
                 out[i] = done[k]
             return out
 

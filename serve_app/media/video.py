@@ -1,12 +1,23 @@
 """Video bytes -> sampled, resized RGB frames, with qwen-vl-utils 0.0.14 sampling semantics.
 
-Frame count and fps follow torchcodec's "exact" metadata (qwen-vl-utils' preferred backend):
-the stream is demuxed once (no decoding) to count frames and find the stream's time span;
-``average_fps = num_frames / (end - begin)``. Frame ``i`` is the i-th frame in presentation order.
-Sampling: ``calculate_video_frame_range`` -> ``smart_nframes`` -> ``linspace(start, end, n).round()``.
-Per-frame size: ``smart_resize`` with ``max_pixels = max(min(VIDEO_MAX_PIXELS, total_pixels/n*2),
-int(min_pixels*1.05))`` (capped by a caller's max_pixels), resized with an antialiased bicubic
-filter (qwen-vl-utils uses torchvision's, which is Pillow's algorithm).
+Metadata (frame count, fps) follows torchcodec's exact mode, qwen-vl-utils' preferred backend:
+the stream is demuxed once (no decoding) to list its packets; frame ``i`` is the i-th packet in
+presentation (pts) order and ``average_fps = num_frames / (end - begin)`` over the stream's pts
+span. Sampling: ``calculate_video_frame_range`` -> ``smart_nframes`` -> ``linspace(start, end,
+n).round()``. Per-frame size: ``smart_resize`` with ``max_pixels = max(min(VIDEO_MAX_PIXELS,
+total_pixels / n * 2), int(min_pixels * 1.05))`` capped by a caller's max_pixels, resized with
+torchvision's antialiased bicubic (torch's interpolate, what qwen-vl-utils calls).
+
+Decoding only what is needed (PyAV/FFmpeg; decord and torchcodec decode every frame up to the last
+sample, see bench/README.md): packets kept from the demux pass are fed to the decoder directly.
+* A sampled frame needs decoding from the keyframe that starts its GOP (from the previous one for a
+  leading picture of an open GOP); GOPs with no sampled frame and the tail after a GOP's last
+  sampled frame are never sent to the decoder (a seek, without the container's seek inexactness).
+* Packets of frames that are not sampled are sent with ``skip_frame = NONREF``: the decoder drops
+  them if no other frame references them (non-reference B-frames; about half the frames of a
+  default x264 encode) and decodes them otherwise, so sampled frames are bit-identical to a full
+  decode (tested against one).
+* Only sampled frames are converted to RGB and resized.
 """
 
 from __future__ import annotations
@@ -21,15 +32,15 @@ import numpy as np
 
 from . import vision_math as vm
 from .errors import MediaError, MediaTooLarge
-from .resize import resize_rgb
+from .resize import resize_rgb, resize_torch
 
 
 @dataclass
 class VideoLimits:
-    max_frame_pixels: int
-    max_source_frames: int
-    max_duration_s: float
-    max_sampled_frames: int
+    max_frame_pixels: int = 8192 * 4352
+    max_source_frames: int = 200_000
+    max_duration_s: float = 3600.0
+    max_sampled_frames: int = vm.FPS_MAX_FRAMES
 
 
 @dataclass
@@ -47,22 +58,30 @@ class StreamIndex:
     """What demuxing (no decoding) tells about the video stream."""
     width: int
     height: int
-    pts: list[int]  # presentation timestamps in time_base units, sorted = frame i's pts
-    keyframe_pts: list[int]  # sorted
+    packets: list  # av.Packet in decode order (frame data kept for the decode pass)
+    pkt_pts: list[int]  # per packet, decode order
+    pkt_key: list[bool]
+    pts_sorted: list[int]  # frame i's pts
     time_base: Fraction
     average_fps: float
     duration_s: float
     codec: str = ""
+    exact_pts: bool = True  # False: pts missing/duplicated, frames are counted in output order
     extra: dict = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
-        return len(self.pts)
+        return len(self.pts_sorted)
 
 
 def _av():
     import av  # imported lazily: only video needs it
     return av
+
+
+def _fferr(e: Exception) -> str:
+    s = getattr(e, "strerror", None) or str(e)
+    return str(s).split(": '<")[0][:200]
 
 
 def open_container(data: bytes):
@@ -71,13 +90,8 @@ def open_container(data: bytes):
         raise MediaError("video data is empty (0 bytes)")
     try:
         return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
-    except (av.error.FFmpegError, ValueError, OSError, EOFError) as e:
+    except (av.error.FFmpegError, ValueError, OSError, EOFError, UnicodeDecodeError) as e:
         raise MediaError(f"cannot read video: not a supported container, corrupt or truncated ({_fferr(e)})") from None
-
-
-def _fferr(e: Exception) -> str:
-    s = getattr(e, "strerror", None) or str(e)
-    return s.split(": '<")[0][:200]
 
 
 def index_stream(container, limits: VideoLimits) -> StreamIndex:
@@ -95,23 +109,22 @@ def index_stream(container, limits: VideoLimits) -> StreamIndex:
                             f"{limits.max_frame_pixels}")
     tb = stream.time_base or Fraction(1, 90000)
     max_d = limits.max_duration_s
-    if stream.duration and stream.duration * tb > max_d * 1.01:
+    if stream.duration and float(stream.duration * tb) > max_d * 1.01:
         raise MediaTooLarge(f"video is {float(stream.duration * tb):.1f}s long, more than the limit of {max_d:g}s")
-    pts: list[int] = []
-    keys: list[int] = []
+    packets, pts, keys = [], [], []
+    exact = True
     end = None
     try:
         for pkt in container.demux(stream):
-            if pkt.size == 0 or pkt.pts is None:
-                if pkt.size and pkt.dts is not None:  # no pts: fall back to dts
-                    p = pkt.dts
-                else:
-                    continue
-            else:
-                p = pkt.pts
+            if pkt.size == 0:
+                continue
+            p = pkt.pts if pkt.pts is not None else pkt.dts
+            if p is None:
+                exact = False
+                p = len(pts)
+            packets.append(pkt)
             pts.append(p)
-            if pkt.is_keyframe:
-                keys.append(p)
+            keys.append(bool(pkt.is_keyframe))
             e = p + (pkt.duration or 0)
             end = e if end is None or e > end else end
             if len(pts) > limits.max_source_frames:
@@ -121,13 +134,14 @@ def index_stream(container, limits: VideoLimits) -> StreamIndex:
             raise MediaError(f"cannot read video: corrupt or truncated ({_fferr(e)})") from None
     if not pts:
         raise MediaError("video stream has no frames")
-    pts.sort()
-    keys.sort()
-    begin = pts[0]
-    span = (end - begin) if end is not None else 0
+    pts_sorted = sorted(pts)
+    if len(set(pts_sorted)) != len(pts_sorted):
+        exact = False
+    begin = pts_sorted[0]
+    span = float((end - begin) * tb) if (exact and end is not None) else 0.0
     rate = stream.average_rate or stream.guessed_rate
-    if span > 0 and len(pts) > 1 or (span > 0 and not rate):
-        fps = len(pts) / float(span * tb)
+    if span > 0:
+        fps = len(pts) / span
     elif rate:
         fps = float(rate)
     else:
@@ -135,15 +149,15 @@ def index_stream(container, limits: VideoLimits) -> StreamIndex:
     duration = len(pts) / fps
     if duration > max_d * 1.01:
         raise MediaTooLarge(f"video is {duration:.1f}s long, more than the limit of {max_d:g}s")
-    return StreamIndex(w, h, pts, keys, tb, fps, duration, codec=cc.name)
+    return StreamIndex(w, h, packets, pts, keys, pts_sorted, tb, fps, duration, codec=cc.name, exact_pts=exact)
 
 
 def plan_sampling(idx: StreamIndex, options: Mapping[str, Any], d: VideoDefaults) -> tuple[list[int], float, int]:
-    """(frame indices, sample_fps, total frames in range) as qwen-vl-utils' torchcodec reader computes them."""
+    """(frame indices, sample_fps, frames in range) as qwen-vl-utils' torchcodec reader computes them."""
     total = idx.num_frames
     if total == 1:
-        # qwen-vl-utils raises here (nframes would be 0); we use the frame twice (T must be even).
-        return [0, 0], d.fps if "nframes" not in options else float(options.get("fps", d.fps)), 1
+        # qwen-vl-utils raises here (nframes would be 0); we use the one frame twice (T must be even).
+        return [0, 0], float(options.get("fps", d.fps)), 1
     start, end, count = vm.calculate_video_frame_range(options, total, idx.average_fps)
     n = vm.smart_nframes(options, count, idx.average_fps, default_fps=d.fps,
                          default_min_frames=d.min_frames, default_max_frames=d.max_frames)
@@ -152,36 +166,103 @@ def plan_sampling(idx: StreamIndex, options: Mapping[str, Any], d: VideoDefaults
     return indices, sample_fps, count
 
 
-def decode_frames(container, idx: StreamIndex, indices: list[int]) -> dict[int, "object"]:
-    """Decode the frames at ``indices`` (presentation order); returns {index: av.VideoFrame}."""
+def decode_ranges(idx: StreamIndex, wanted_pts: set[int]) -> list[tuple[int, int]]:
+    """Packet ranges [a, b] (decode order, inclusive) that must be decoded to produce ``wanted_pts``."""
+    key_pos = [i for i, k in enumerate(idx.pkt_key) if k] or [0]
+    if key_pos[0] != 0:
+        key_pos.insert(0, 0)
+    spans: list[tuple[int, int]] = []
+    kp = 0
+    for p, pts in enumerate(idx.pkt_pts):
+        while kp + 1 < len(key_pos) and key_pos[kp + 1] <= p:
+            kp += 1
+        if pts not in wanted_pts:
+            continue
+        start_k = kp
+        # leading picture of an open GOP (shown before its keyframe): needs the previous GOP too
+        if start_k > 0 and pts < idx.pkt_pts[key_pos[start_k]]:
+            start_k -= 1
+        spans.append((key_pos[start_k], p))
+    ranges: list[list[int]] = []
+    for a, b in sorted(spans):
+        if ranges and a <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], b)
+        else:
+            ranges.append([a, b])
+    return [(a, b) for a, b in ranges]
+
+
+def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, threads: int = 1) -> tuple[dict[int, Any], int]:
+    """{frame index: av.VideoFrame} for ``indices``, decoding as little as possible; also #packets sent."""
+    av = _av()
+    want = {idx.pts_sorted[i]: i for i in set(indices)}
+    container = open_container(data)  # a fresh decoder context (the demux pass read to the end)
+    try:
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        cc.thread_count = max(1, threads)
+        cc.thread_type = "SLICE" if threads > 1 else "NONE"
+        out: dict[int, Any] = {}
+        sent = 0
+
+        def take(frames):
+            for fr in frames:
+                i = want.get(fr.pts)
+                if i is not None and i not in out:
+                    out[i] = fr
+
+        errors = 0
+        for n, (a, b) in enumerate(decode_ranges(idx, set(want))):
+            if n:
+                cc.flush_buffers()
+            for p in range(a, b + 1):
+                cc.skip_frame = "DEFAULT" if idx.pkt_pts[p] in want else "NONREF"
+                sent += 1
+                try:
+                    take(cc.decode(idx.packets[p]))
+                except av.error.FFmpegError:
+                    errors += 1  # a damaged packet: keep going, like ffmpeg does
+                    if errors > 50:
+                        raise
+            cc.skip_frame = "DEFAULT"
+            try:
+                take(cc.decode(None))  # drain frames held back for reordering
+            except av.error.FFmpegError:
+                errors += 1
+        return out, sent
+    finally:
+        container.close()
+
+
+def decode_sequential(data: bytes, indices: list[int]) -> dict[int, Any]:
+    """Fallback when pts cannot identify frames: decode everything, count frames in output order."""
     av = _av()
     want = set(indices)
     last = max(want)
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    out: dict[int, object] = {}
-    pts_to_index = {p: i for i, p in enumerate(idx.pts)}
-    n_seen = 0
+    out: dict[int, Any] = {}
+    container = open_container(data)
     try:
-        for frame in container.decode(stream):
-            i = pts_to_index.get(frame.pts, None) if frame.pts is not None else None
-            if i is None:
-                i = n_seen
-            n_seen += 1
-            if i in want:
-                out[i] = frame
-            if i >= last:
-                break
-    except av.error.FFmpegError as e:
-        if not out:
-            raise MediaError(f"cannot decode video: corrupt or truncated ({_fferr(e)})") from None
+        stream = container.streams.video[0]
+        n = 0
+        try:
+            for frame in container.decode(stream):
+                if n in want:
+                    out[n] = frame
+                n += 1
+                if n > last:
+                    break
+        except av.error.FFmpegError:
+            pass
+    finally:
+        container.close()
     return out
 
 
-def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits,
-                 defaults: VideoDefaults | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits | None = None,
+                 defaults: VideoDefaults | None = None, mode: str = "fast") -> tuple[np.ndarray, dict[str, Any]]:
     """-> (frames uint8 [T, H, W, 3], metadata)."""
     d = defaults or VideoDefaults()
+    limits = limits or VideoLimits()
     av = _av()
     container = open_container(data)
     try:
@@ -189,35 +270,41 @@ def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits
             idx = index_stream(container, limits)
         except av.error.FFmpegError as e:
             raise MediaError(f"cannot read video: corrupt or truncated ({_fferr(e)})") from None
-        indices, sample_fps, count = plan_sampling(idx, options, d)
-        if len(indices) > limits.max_sampled_frames:
-            raise MediaTooLarge(f"{len(indices)} frames would be sampled, more than the limit of "
-                                f"{limits.max_sampled_frames}")
-        th, tw = vm.video_target_size(idx.height, idx.width, len(indices), options, min_pixels=d.min_pixels,
-                                      max_pixels=d.max_pixels, total_pixels=d.total_pixels)
-        container.close()
-        container = open_container(data)  # demuxing consumed it; reopening is cheaper than seeking back
-        frames = decode_frames(container, idx, indices)
-        missing = [i for i in indices if i not in frames]
-        if missing:
-            got = sorted(frames)
-            if not got:
-                raise MediaError("cannot decode any frame of the video (corrupt or truncated)")
-            # truncated tail: use the nearest decoded frame, as a reader that stops early would fail;
-            # we prefer a clear error when most frames are missing.
-            if len(missing) > len(indices) // 2:
-                raise MediaError(f"video is corrupt or truncated: only {len(got)} of {len(set(indices))} "
-                                 f"sampled frames could be decoded")
-        out = np.empty((len(indices), th, tw, 3), dtype=np.uint8)
-        cache: dict[int, np.ndarray] = {}
-        for k, i in enumerate(indices):
-            if i not in cache:
-                j = i if i in frames else min(frames, key=lambda x: abs(x - i))
-                rgb = frames[j].to_ndarray(format="rgb24")
-                cache[i] = resize_rgb(rgb, (tw, th))
-            out[k] = cache[i]
     finally:
         container.close()
+    indices, sample_fps, count = plan_sampling(idx, options, d)
+    if len(indices) > limits.max_sampled_frames:
+        raise MediaTooLarge(f"{len(indices)} frames would be sampled, more than the limit of "
+                            f"{limits.max_sampled_frames}")
+    th, tw = vm.video_target_size(idx.height, idx.width, len(indices), options, min_pixels=d.min_pixels,
+                                  max_pixels=d.max_pixels, total_pixels=d.total_pixels)
+    try:
+        if idx.exact_pts:
+            frames, _sent = decode_selected(data, idx, indices)
+        else:
+            frames = decode_sequential(data, indices)
+    except av.error.FFmpegError as e:
+        raise MediaError(f"cannot decode video: corrupt or truncated ({_fferr(e)})") from None
+    finally:
+        idx.packets.clear()
+    wanted = sorted(set(indices))
+    got = [i for i in wanted if i in frames]
+    if not got:
+        raise MediaError("cannot decode any frame of the video (corrupt or truncated)")
+    if len(got) * 2 < len(wanted):
+        raise MediaError(f"video is corrupt or truncated: only {len(got)} of {len(wanted)} sampled frames "
+                         f"could be decoded")
+    out = np.empty((len(indices), th, tw, 3), dtype=np.uint8)
+    done: dict[int, np.ndarray] = {}
+    for k, i in enumerate(indices):
+        if i not in done:
+            j = i if i in frames else min(got, key=lambda x: abs(x - i))  # damaged frame: nearest good one
+            rgb = frames[j].to_ndarray(format="rgb24")
+            if rgb.shape[:2] != (idx.height, idx.width):  # mid-stream size change: follow the header size
+                rgb = resize_torch(rgb, (idx.width, idx.height))
+            done[i] = resize_rgb(rgb, (tw, th), fast=(mode == "fast")) if mode != "reference" \
+                else resize_torch(rgb, (tw, th))
+        out[k] = done[i]
     meta = {
         "fps": sample_fps,
         "source_fps": idx.average_fps,

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import vision_math as vm
 from .errors import MediaError, MediaTooLarge
-from .resize import resize_rgb
+from .resize import resize_backend, resize_rgb
 
 # Magic numbers of the formats we accept as images.
 _MAGIC = (
@@ -110,7 +110,9 @@ def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
         rgb = to_rgb(img)
         if not accelerate:
             return rgb.resize((tw, th))  # the literal qwen-vl-utils call
-        return Image.fromarray(resize_rgb(np.asarray(rgb), (tw, th), fast), "RGB")
+        if resize_backend((w, h), (tw, th), mode) == "pil":
+            return rgb.resize((tw, th))
+        return Image.fromarray(resize_rgb(np.array(rgb), (tw, th), mode), "RGB")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise MediaError(f"cannot decode {img.format} image: corrupt or truncated ({e})") from None
     except Image.DecompressionBombError as e:  # pragma: no cover - checked above

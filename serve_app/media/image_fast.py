@@ -31,8 +31,8 @@ def reduced_scale(src: tuple[int, int], target: tuple[int, int], margin: float =
 
 
 def decode_jpeg_array(data: bytes, target: tuple[int, int], *, reduce: bool = True,
-                      margin: float = DEFAULT_MARGIN) -> np.ndarray | None:
-    """RGB uint8 array of the JPEG, possibly at 1/2^k scale; None if the fast path does not apply."""
+                      margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, int, tuple[int, int]] | None:
+    """(RGB uint8 array, scale divisor d, source (w, h)); None if the fast path does not apply."""
     try:
         import simplejpeg
     except ImportError:  # pragma: no cover
@@ -46,18 +46,29 @@ def decode_jpeg_array(data: bytes, target: tuple[int, int], *, reduce: bool = Tr
     d = reduced_scale((w, h), target, margin) if reduce else 1
     try:
         if d == 1:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // d), min_height=-(-h // d),
-                                      strict=True)
+            arr = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        else:
+            arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // d), min_height=-(-h // d),
+                                         strict=True)
     except ValueError:
         return None
+    if arr.shape[:2] != (-(-h // d), -(-w // d)):  # not the scale we asked for: do not guess
+        return None
+    return arr, d, (w, h)
 
 
 def decode_jpeg_resized(data: bytes, header: Image.Image, size: tuple[int, int], *, fast: bool = True,
                         margin: float = DEFAULT_MARGIN) -> Image.Image | None:
     if header.mode not in ("RGB", "L"):
         return None
-    arr = decode_jpeg_array(data, size, reduce=fast, margin=margin)
-    if arr is None or arr.ndim != 3 or arr.shape[2] != 3:
+    got = decode_jpeg_array(data, size, reduce=fast, margin=margin)
+    if got is None:
         return None
-    return Image.fromarray(resize_rgb(arr, size, fast), "RGB")
+    arr, d, (w, h) = got
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        return None
+    if d > 1 and (w % d or h % d):
+        # The last reduced row/column covers a partial block: resample exactly the source's extent
+        # (w/d x h/d reduced pixels) so the output is not stretched by up to half a pixel.
+        return Image.fromarray(arr, "RGB").resize(size, Image.Resampling.BICUBIC, box=(0, 0, w / d, h / d))
+    return Image.fromarray(resize_rgb(arr, size, "fast" if fast else "accurate"), "RGB")

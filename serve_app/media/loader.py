@@ -28,7 +28,7 @@ from .errors import MediaError, MediaTooLarge
 from .fetch import Fetched, Fetcher, source_kind
 from .image import decode_image
 from .netguard import Resolver
-from .resize import resize_rgb, resize_torch
+from .resize import resize_video_frame
 from .video import VideoDefaults, VideoLimits, decode_video
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,15 @@ class MediaLoader:
         self._vdefaults = VideoDefaults(fps=c.video_fps, min_frames=c.video_min_frames, max_frames=c.video_max_frames,
                                         min_pixels=c.video_min_pixels, max_pixels=c.video_max_pixels,
                                         total_pixels=c.video_total_pixels)
+
+    def warmup(self) -> None:
+        """Import the decoders (torch, PyAV, simplejpeg, OpenCV) now rather than on the first request."""
+        from . import resize
+
+        resize._torch()
+        resize._cv2()
+        import av  # noqa: F401
+        import simplejpeg  # noqa: F401
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
@@ -343,8 +352,7 @@ class MediaLoader:
             for i, a in enumerate(arrays):
                 k = id(a)
                 if k not in done:
-                    done[k] = resize_rgb(a, (tw, th), fast=c.decode_mode == "fast") \
-                        if c.decode_mode != "reference" else resize_torch(a, (tw, th))
+                    done[k] = resize_video_frame(a, (tw, th), c.decode_mode)
                 out[i] = done[k]
             return out
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import vision_math as vm
 from .errors import MediaError, MediaTooLarge
-from .resize import resize_rgb, resize_torch
+from .resize import resize_torchvision, resize_video_frame
 
 
 @dataclass
@@ -301,9 +301,8 @@ def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits
             j = i if i in frames else min(got, key=lambda x: abs(x - i))  # damaged frame: nearest good one
             rgb = frames[j].to_ndarray(format="rgb24")
             if rgb.shape[:2] != (idx.height, idx.width):  # mid-stream size change: follow the header size
-                rgb = resize_torch(rgb, (idx.width, idx.height))
-            done[i] = resize_rgb(rgb, (tw, th), fast=(mode == "fast")) if mode != "reference" \
-                else resize_torch(rgb, (tw, th))
+                rgb = resize_torchvision(rgb, (idx.width, idx.height))
+            done[i] = resize_video_frame(rgb, (tw, th), mode)
         out[k] = done[i]
     meta = {
         "fps": sample_fps,

@@ -14,6 +14,13 @@ Where qwen-vl-utils versions differ, 0.0.14 is followed:
   caller's ``max_pixels`` replace it).
 * The default ``total_pixels`` is ``MODEL_SEQ_LEN * 28 * 28 * 0.9`` with MODEL_SEQ_LEN = 128000
   (older versions read ``VIDEO_MAX_PIXELS`` from the environment; we read neither).
+* ``smart_resize`` adds the ``max(factor, ...)`` guard of the shrinking branch that transformers'
+  Qwen2-VL image processor has and qwen-vl-utils (up to its latest release) lacks. It only changes
+  results where qwen-vl-utils returns a 0 side and then crashes (31x639 under max_pixels 20*28^2:
+  (0, 560) upstream, (28, 560) here and in transformers). We keep qwen-vl-utils' initial
+  ``max(factor, round(...))`` guard, which transformers lacks (13x2600: qwen-vl-utils (28, 2604),
+  transformers (28, 812)); our outputs are multiples of 28 within [min, max], which
+  transformers' processor (inside vLLM) leaves unchanged.
 * Frame ranges (``video_start``/``video_end``) use ``calculate_video_frame_range`` as the decord
   and torchcodec readers do; the torchvision reader (gone from torchvision >= 0.24, so unusable
   with the pinned torchvision 0.28) is not imitated.
@@ -94,19 +101,14 @@ def smart_resize(
     w_bar = max(factor, round_by_factor(width, factor))
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
-        h_bar = floor_by_factor(height / beta, factor)
-        w_bar = floor_by_factor(width / beta, factor)
+        # max(factor, ...): transformers' guard; qwen-vl-utils 0.0.14 has none and returns 0 here
+        # for thin images under a small max_pixels (then fails in the resize).
+        h_bar = max(factor, floor_by_factor(height / beta, factor))
+        w_bar = max(factor, floor_by_factor(width / beta, factor))
     elif h_bar * w_bar < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = ceil_by_factor(height * beta, factor)
         w_bar = ceil_by_factor(width * beta, factor)
-    if h_bar <= 0 or w_bar <= 0:
-        # Upstream returns 0 here (e.g. 31x639 under max_pixels 20*28^2: floor(...) == 0) and the
-        # resize then fails; we say why instead.
-        raise MediaError(
-            f"cannot resize {width}x{height} to a multiple of {factor} within max_pixels={max_pixels} "
-            f"(would be {w_bar}x{h_bar})"
-        )
     return h_bar, w_bar
 
 

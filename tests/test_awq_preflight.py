@@ -173,3 +173,16 @@ def test_problem_str_is_message(tmp_path):
     p = check(d, [2])[0]
     assert str(p) == p.message
     assert preflight.fix_command(d, [8, 2], 29696).endswith("--tp 2 8")
+
+
+def test_projections_kept_in_fp16_are_not_constrained(tmp_path):
+    from serve_app.awq.synthetic import build_checkpoint
+
+    # every decoder MLP unquantized (modules_to_not_convert): nothing AWQ-specific to check there
+    all_fp16 = build_checkpoint(tmp_path / "a", layout="qwen2", hidden=1024, intermediate=384, layers=1,
+                                unquantized_mlp_layers=(0,)).path
+    assert check(all_fp16, [2, 4, 8]) == []
+    # one of two layers quantized: the constraint applies
+    mixed = build_checkpoint(tmp_path / "b", layout="qwen2", hidden=1024, intermediate=384, layers=2,
+                             unquantized_mlp_layers=(0,)).path
+    assert {p.tp for p in check(mixed, [2, 4, 8]) if p.fatal} == {2, 4, 8}

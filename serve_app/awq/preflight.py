@@ -45,6 +45,7 @@ from .shapes import (
     ShardedLinear,
     TextShapes,
     decoder_linears,
+    is_vision_name,
     iter_tensor_headers,
     load_config,
     load_quant_config,
@@ -174,11 +175,26 @@ def padded_intermediate_size(intermediate_size: int, group_size: int, tp_sizes: 
     raise ValueError(f"no intermediate size found for {intermediate_size}, group {group_size}, TP {tps}")
 
 
-def _weights_problems(model_dir: Path, s: TextShapes) -> list[ShapeProblem]:
-    """Compare config.json's intermediate_size with the decoder MLP tensors' shapes (headers only)."""
-    seen: dict[int, str] = {}
+@dataclass
+class _HeaderScan:
+    sizes: dict[int, str]  # intermediate size implied by an MLP tensor -> an example tensor name
+    quantized: set[str]  # decoder projections ("q_proj", ..., "down_proj") with a .qweight anywhere
+    any_weights: bool
+
+
+def _scan_headers(model_dir: Path) -> _HeaderScan | None:
+    """Decoder MLP sizes and which decoder projections are quantized, from safetensors headers only."""
+    scan = _HeaderScan({}, set(), False)
+    projs = {h for lin in _ALL_HF for h in lin}
     try:
         for _file, name, info in iter_tensor_headers(model_dir):
+            scan.any_weights = True
+            if is_vision_name(name):
+                continue
+            if name.endswith(".qweight"):
+                module = name[: -len(".qweight")].rsplit(".", 1)[-1]
+                if module in projs:
+                    scan.quantized.add(module)
             m = match_mlp_tensor(name)
             if not m or m["proj"] not in ("gate_proj", "up_proj", "down_proj"):
                 continue
@@ -192,10 +208,18 @@ def _weights_problems(model_dir: Path, s: TextShapes) -> list[ShapeProblem]:
                 size = shape[0] if proj != "down_proj" else shape[1]
             else:
                 continue
-            seen.setdefault(size, name)
+            scan.sizes.setdefault(size, name)
     except (OSError, ValueError):
-        return []  # unreadable headers: vLLM will report; the shape check above still stands
-    bad = {size: name for size, name in seen.items() if size != s.intermediate_size}
+        return None  # unreadable headers: vLLM will say so; the config-based checks still stand
+    return scan
+
+
+_ALL_HF = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+
+
+def _weights_problems(scan: _HeaderScan, s: TextShapes) -> list[ShapeProblem]:
+    """config.json's intermediate_size must match the decoder MLP tensors' shapes."""
+    bad = {size: name for size, name in scan.sizes.items() if size != s.intermediate_size}
     if not bad:
         return []
     size, name = sorted(bad.items())[0]
@@ -234,11 +258,16 @@ def check(model_dir: str | os.PathLike, tp_sizes: Iterable[int]) -> list[ShapePr
         return []
     s, q = loaded
     problems: list[ShapeProblem] = []
-    if q.version in (None, "gemm"):
-        problems += _weights_problems(path, s)
-    for tp in tps:
-        for lin in decoder_linears(s):
+    scan = _scan_headers(path)
+    if scan is not None and q.version in (None, "gemm"):
+        problems += _weights_problems(scan, s)
+    for lin in decoder_linears(s):
+        # a projection kept in fp16 everywhere (modules_to_not_convert) has no AWQ constraint
+        if scan is not None and scan.any_weights and not scan.quantized & set(lin.hf_names):
+            continue
+        for tp in tps:
             problems += _violations(lin, s, tp, q)
+    problems.sort(key=lambda p: p.tp)
     return problems
 
 

@@ -270,17 +270,43 @@ def dataclass_replace_size(s: TextShapes, size: int) -> TextShapes:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def pad_array_bytes(data: bytes, pad: TensorPad) -> bytes:
-    """Append zero bytes along ``pad.axis`` (zero bytes are 0 / +0.0 for every safetensors dtype)."""
+def _copy_bytes(fin, fout, n: int, what: str) -> None:
+    while n:
+        chunk = fin.read(min(n, _COPY_CHUNK))
+        if not chunk:
+            raise IOError(f"truncated tensor {what}")
+        fout.write(chunk)
+        n -= len(chunk)
+
+
+def _write_zeros(fout, n: int) -> None:
+    zeros = bytes(min(n, _COPY_CHUNK))
+    while n:
+        k = min(n, len(zeros))
+        fout.write(zeros[:k] if k < len(zeros) else zeros)
+        n -= k
+
+
+def write_padded(fin, fout, pad: TensorPad) -> None:
+    """Stream one tensor from ``fin`` to ``fout`` with zeros appended along ``pad.axis``, in chunks
+    of at most ~64 MiB (zero bytes are 0 / +0.0 for every safetensors dtype)."""
     item = DTYPE_SIZES[pad.dtype]
-    if len(pad.shape) == 1:
-        return data + bytes((pad.new_shape[0] - pad.shape[0]) * item)
+    src_n = _nbytes(pad.dtype, pad.shape)
+    if len(pad.shape) == 1 or pad.axis == 0:  # appended rows: the original bytes, then zeros
+        _copy_bytes(fin, fout, src_n, pad.name)
+        _write_zeros(fout, _nbytes(pad.dtype, pad.new_shape) - src_n)
+        return
     rows, cols = pad.shape
-    nrows, ncols = pad.new_shape
-    a = np.frombuffer(data, dtype=np.uint8).reshape(rows, cols * item)
-    out = np.zeros((nrows, ncols * item), dtype=np.uint8)
-    out[:rows, : cols * item] = a
-    return out.tobytes()
+    row_in, row_out = cols * item, pad.new_shape[1] * item
+    step = max(1, _COPY_CHUNK // row_out)
+    for r0 in range(0, rows, step):
+        n = min(step, rows - r0)
+        buf = fin.read(n * row_in)
+        if len(buf) != n * row_in:
+            raise IOError(f"truncated tensor {pad.name}")
+        out = np.zeros((n, row_out), dtype=np.uint8)
+        out[:, :row_in] = np.frombuffer(buf, dtype=np.uint8).reshape(n, row_in)
+        fout.write(out.data)
 
 
 def _nbytes(dtype: str, shape: Iterable[int]) -> int:
@@ -320,18 +346,11 @@ def rewrite_shard(src_path: Path, dst_path: Path, header: dict[str, Any], data_s
             b, e = header[n]["data_offsets"]
             fin.seek(data_start + b)
             if n in pads:
-                data = fin.read(e - b)
-                if len(data) != e - b:
-                    raise IOError(f"{src_path}: truncated tensor {n}")
-                fout.write(pad_array_bytes(data, pads[n]))
+                if e - b != _nbytes(header[n]["dtype"], pads[n].shape):
+                    raise IOError(f"{src_path}: tensor {n} has {e - b} bytes, expected {pads[n].shape}")
+                write_padded(fin, fout, pads[n])
             else:
-                left = e - b
-                while left:
-                    chunk = fin.read(min(left, _COPY_CHUNK))
-                    if not chunk:
-                        raise IOError(f"{src_path}: truncated tensor {n}")
-                    fout.write(chunk)
-                    left -= len(chunk)
+                _copy_bytes(fin, fout, e - b, n)
     return pos
 
 

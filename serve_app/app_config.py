@@ -70,6 +70,11 @@ class EngineSection(_Strict):
     worker_cpus: float = Field(
         1.0, ge=0, description="CPUs reserved in each bundle beside its GPU for a vLLM worker (TP×PP > 1)."
     )
+    bundle_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Extra Ray resources added to every bundle of an engine replica's placement group, "
+        "e.g. {'accelerator_type:H100': 0.001} to pin a GPU type, or a custom node resource.",
+    )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Passed through to vLLM's AsyncEngineArgs (max_model_len, gpu_memory_utilization, "

@@ -31,7 +31,11 @@ def build_engine_kwargs(config: AppConfig, model_path: str, placement: EnginePla
     if placement.executor_backend is not None:
         kwargs["distributed_executor_backend"] = placement.executor_backend
     mm = dict(kwargs.get("mm_processor_kwargs") or {})
-    mm.setdefault("min_pixels", IDENTITY_MIN_PIXELS)
-    mm.setdefault("max_pixels", max(config.media.image_max_pixels, config.media.video_max_pixels))
+    # transformers 5 spells the bounds as `size` (min_pixels/max_pixels in a processor call are
+    # deprecated and warn on every request); both edges are required.
+    mm.setdefault("size", {
+        "shortest_edge": IDENTITY_MIN_PIXELS,
+        "longest_edge": max(config.media.image_max_pixels, config.media.video_max_pixels),
+    })
     kwargs["mm_processor_kwargs"] = mm
     return kwargs

@@ -39,6 +39,11 @@ class InvalidRequestError(ServeAppError):
     error_type = "invalid_request_error"
 
 
+class RequestTooLargeError(ServeAppError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
 class ModelNotFoundError(ServeAppError):
     status_code = 404
     error_type = "not_found_error"

@@ -40,6 +40,7 @@ class EnginePlacement:
 def engine_placement(engine: EngineSection) -> EnginePlacement:
     world = engine.world_size
     device = {"GPU": 1.0} if engine.accelerator == "GPU" else {}
+    device.update({k: float(v) for k, v in engine.bundle_resources.items()})
     if world == 1:
         bundles = [{"CPU": float(engine.replica_cpus), **device}]
         return EnginePlacement(

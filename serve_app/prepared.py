@@ -12,6 +12,15 @@ from typing import Any
 import numpy as np
 
 
+# The video metadata keys vLLM 0.26-0.32 hand to transformers' VideoMetadata; anything else the
+# loader records (source fps, backend details) would make its constructor fail.
+ENGINE_VIDEO_METADATA_KEYS = ("fps", "frames_indices", "total_num_frames", "duration")
+
+
+def engine_video_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {k: metadata[k] for k in ENGINE_VIDEO_METADATA_KEYS if k in metadata}
+
+
 @dataclass
 class PreparedPrompt:
     prompt: str

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -251,7 +251,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def describe_validation_error(exc: "ValidationError") -> str:  # noqa: F821
+def describe_validation_error(exc: ValidationError) -> str:
     """One readable sentence per problem, naming the field path, for the 400 body."""
     errors = exc.errors()
     # `content` is `str | list[part]`: when the list branch has the real problem, drop the

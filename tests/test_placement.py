@@ -44,3 +44,8 @@ def test_cpu_engine_bundles_have_no_gpu():
 def test_zero_worker_cpus_are_dropped_from_gpu_bundles():
     p = engine_placement(EngineSection(tensor_parallel_size=2, worker_cpus=0))
     assert p.bundles == [{"CPU": 1.0, "GPU": 1.0}, {"GPU": 1.0}]
+
+
+def test_bundle_resources_are_added_to_every_bundle():
+    p = engine_placement(EngineSection(tensor_parallel_size=2, bundle_resources={"accelerator_type:H100": 0.001}))
+    assert all(b["accelerator_type:H100"] == 0.001 and b["GPU"] == 1 for b in p.bundles)

@@ -27,8 +27,8 @@ from serve_app.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     OverloadedError,
+    RequestTooLargeError,
     ServeAppError,
-    error_body,
 )
 from serve_app.media.errors import MediaError
 from serve_app.prepared import TextOnlyPrompt
@@ -73,6 +73,28 @@ def _classify(exc: BaseException) -> ServeAppError:
     return EngineError(f"internal error: {type(exc).__name__}")
 
 
+def _openapi_with_models() -> dict[str, Any]:
+    """FastAPI only emits schemas used by parameters; the request body is parsed by hand (to cap
+    its size), so its schema and the response schemas are added here."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ChatCompletionRequest, ChatCompletionResponse, ChatCompletionChunk, ErrorResponse, ModelList):
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        for name, sub in js.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components[model.__name__] = js
+    app.openapi_schema = schema
+    return schema
+
+
+app.openapi = _openapi_with_models  # type: ignore[method-assign]
+
+
+# Everything that configures `app` must come before @serve.ingress, which freezes a copy of it.
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
@@ -88,12 +110,12 @@ class Ingress:
         limit = self._config.serving.max_request_bytes
         declared = raw.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _TooLarge(limit)
+            raise RequestTooLargeError(f"request body exceeds {limit} bytes")
         body = bytearray()
         async for chunk in raw.stream():
             body += chunk
             if len(body) > limit:
-                raise _TooLarge(limit)
+                raise RequestTooLargeError(f"request body exceeds {limit} bytes")
         try:
             return ChatCompletionRequest.model_validate_json(bytes(body))
         except ValidationError as exc:
@@ -127,8 +149,6 @@ class Ingress:
                                          param="model")
             sampling = sampling_kwargs(req, self._config.serving)
             plan = plan_chat(req.messages, self._config.media.max_items_per_request)
-        except _TooLarge as exc:
-            return JSONResponse(error_body(str(exc), "invalid_request_error", 413), status_code=413)
         except ServeAppError as exc:
             return _error(exc)
 
@@ -214,34 +234,3 @@ class Ingress:
     @app.get("/health")
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
-
-
-class _TooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds {limit} bytes")
-
-
-def _openapi_with_models() -> dict[str, Any]:
-    """FastAPI only emits schemas used by parameters; the request body is parsed by hand (to cap
-    its size), so its schema and the response schemas are added here."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    from fastapi.openapi.utils import get_openapi
-
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, ChatCompletionResponse, ChatCompletionChunk, ErrorResponse, ModelList):
-        js = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
-        for name, sub in js.pop("$defs", {}).items():
-            components.setdefault(name, sub)
-        components[model.__name__] = js
-    app.openapi_schema = schema
-    return schema
-
-
-app.openapi = _openapi_with_models  # type: ignore[method-assign]
-
-
-@app.exception_handler(InvalidRequestError)
-async def _invalid(_: Request, exc: InvalidRequestError) -> JSONResponse:  # pragma: no cover - safety net
-    return _error(exc)

@@ -1,0 +1,33 @@
+"""Chat plan → :class:`~serve_app.prepared.PreparedPrompt`: the chat template plus every image and
+video fetched, decoded and resized. Shared by the Serve preprocessor deployment and the batch job
+(no Ray, no vLLM)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serve_app.app_config import AppConfig
+from serve_app.chat import ChatPlan
+from serve_app.media.loader import LoadedImage, MediaLoader
+from serve_app.model_source import resolve_model_path
+from serve_app.prepared import PreparedPrompt, engine_video_metadata
+from serve_app.prompting import load_chat_renderer
+
+
+class PromptPreparer:
+    def __init__(self, config: AppConfig) -> None:
+        self._render = load_chat_renderer(resolve_model_path(config.model))
+        self._loader = MediaLoader(config.media)
+
+    async def prepare(self, plan: ChatPlan) -> PreparedPrompt:
+        prompt = self._render(plan.template_messages)
+        loaded = await self._loader.load(plan.media)  # decode work runs in the loader's threads
+        prepared = PreparedPrompt(prompt=prompt)
+        for item in loaded:
+            if isinstance(item, LoadedImage):
+                prepared.images.append(np.asarray(item.image))
+                prepared.image_uuids.append(item.uuid)
+            else:
+                prepared.videos.append((item.frames, engine_video_metadata(item.metadata)))
+                prepared.video_uuids.append(item.uuid)
+        return prepared

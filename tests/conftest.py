@@ -1,0 +1,157 @@
+"""Shared fixtures. The end-to-end fixture runs the real thing: `serve run` on a Serve config
+derived from configs/local.yaml (real Ray Serve, real HTTP on 127.0.0.1, real vLLM CPU build,
+the tiny checkpoint)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Settings the vLLM CPU build needs (brief: KV cache space, no engine-core subprocess for a fast
+# start); set before anything imports vLLM or starts Ray so every worker inherits them.
+for _k, _v in {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
+    from serve_app import tiny_model
+
+    return tiny_model.ensure()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`serve run CONFIG` in its own process group; stopped with SIGINT like a user's Ctrl-C."""
+
+    def __init__(self, config_path: pathlib.Path, log_path: pathlib.Path, port: int, env: dict[str, str]):
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        serve_bin = pathlib.Path(sys.executable).parent / "serve"
+        self.proc = subprocess.Popen(
+            [str(serve_bin), "run", str(config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
+        )
+
+    def log_tail(self, n: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, model: str, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                r = httpx.get(f"{self.base_url}/v1/models", timeout=5)
+                if r.status_code == 200 and r.json()["data"][0]["id"] == model:
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"serve run not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        # `serve run` started a local Ray instance in its process group; leave nothing behind.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def write_local_config(dst: pathlib.Path, port: int, args_overrides: dict, deployments_overrides=None) -> pathlib.Path:
+    cfg = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    cfg["http_options"]["port"] = port
+    app = cfg["applications"][0]
+    _deep_update(app["args"], args_overrides)
+    for d in app["deployments"]:
+        _deep_update(d, (deployments_overrides or {}).get(d["name"], {}))
+    dst.write_text(yaml.safe_dump(cfg))
+    return dst
+
+
+def _deep_update(base: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+@pytest.fixture(scope="session")
+def media_root(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, media_root, tiny_model_dir):
+    """The embedded default, served by `serve run` on a free loopback port."""
+    if shutil.which("ray", path=str(pathlib.Path(sys.executable).parent)) is None:
+        pytest.skip("ray CLI not installed")
+    work = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    logs = ROOT / "build" / "test-logs"  # kept after the run (pytest prunes its tmp dirs)
+    logs.mkdir(parents=True, exist_ok=True)
+    config = write_local_config(
+        work / "serve.yaml", port, {"media": {"allowed_local_roots": [str(media_root)]}}
+    )
+    # RAY_ADDRESS="local": always a fresh Ray instance, never some cluster already running here.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+    proc = ServeProcess(config, logs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env)
+    try:
+        proc.wait_ready("qwen2.5-vl-tiny")
+        yield proc
+    finally:
+        proc.stop()

@@ -23,16 +23,18 @@ class EngineRuntime:
     def __init__(self, config: AppConfig, placement_group: Any = None) -> None:
         """``placement_group``: the group whose bundles vLLM's Ray workers take (TP×PP > 1);
         None means the caller's current placement group."""
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.usage.usage_lib import UsageContext
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         t0 = time.monotonic()
         model_path = resolve_model_path(config.model)
         if config.engine.awq_preflight:
+            # Seconds, from config.json and safetensors headers, before vLLM is even imported:
+            # an AWQ shape that cannot shard at this TP fails here with the command that fixes it.
             from serve_app.awq.preflight import require_tp_compatible
 
             require_tp_compatible(model_path, config.engine.tensor_parallel_size)
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
         placement = engine_placement(config.engine)
         kwargs = build_engine_kwargs(config, model_path, placement)
         try:
@@ -113,6 +115,9 @@ class EngineRuntime:
                 raise InvalidRequestError(str(cause)) from None
             logger.error("request %s failed in the engine", request_id, exc_info=cause)
             raise EngineError(f"engine failure: {type(cause).__name__}: {cause}") from None
+
+    def stats(self) -> dict[str, int]:
+        return {"unfinished_requests": int(self.engine.get_num_unfinished_requests())}
 
     async def check_health(self) -> None:
         await self.engine.check_health()

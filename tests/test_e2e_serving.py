@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 
 import httpx
 import numpy as np
@@ -220,6 +221,31 @@ def test_eight_concurrent_requests_all_succeed(aclient):
         return await asyncio.gather(*(one(i) for i in range(10)))
 
     assert asyncio.run(main()) == [4] * 10
+
+
+def test_client_disconnect_aborts_the_engine_request(served):
+    """A long generation whose client goes away must stop in the engine, not run to the end
+    (4000 tokens take the tiny CPU model over 10 s)."""
+    body = {"model": MODEL, "stream": True, "max_tokens": 4000, "messages": [{"role": "user", "content": "go"}],
+            "ignore_eos": True}
+
+    def unfinished(http) -> int:
+        return http.get(f"{served.base_url}/stats").json()["engine"]["unfinished_requests"]
+
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", f"{served.base_url}/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            events = 0
+            while events < 5:
+                events += next(lines).startswith("data: ")
+            assert unfinished(http) == 1  # still generating
+        # leaving the block closed the connection mid-stream
+        t0 = time.monotonic()
+        while unfinished(http) != 0 and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        assert unfinished(http) == 0
+        assert time.monotonic() - t0 < 3, "the engine kept generating after the client left"
 
 
 # ----------------------------------------------------------------------------- errors

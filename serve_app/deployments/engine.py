@@ -20,6 +20,9 @@ class Engine:
     async def model_info(self) -> dict[str, Any]:
         return {"max_model_len": self._runtime.max_model_len}
 
+    async def stats(self) -> dict[str, int]:
+        return self._runtime.stats()
+
     async def generate(
         self,
         prompt: PreparedPrompt | TextOnlyPrompt,

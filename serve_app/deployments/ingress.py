@@ -231,6 +231,11 @@ class Ingress:
                       "max_model_len": self._max_model_len}],
         }
 
+    @app.get("/stats")
+    async def stats(self) -> dict[str, Any]:
+        """Operational counters of one engine replica (requests vLLM is still working on)."""
+        return {"engine": await self._engine.stats.remote()}
+
     @app.get("/health")
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}

@@ -39,3 +39,13 @@ def build_engine_kwargs(config: AppConfig, model_path: str, placement: EnginePla
     })
     kwargs["mm_processor_kwargs"] = mm
     return kwargs
+
+
+def cpu_threads_binding(cores: list[int], world_size: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``world_size`` CPU workers: the given cores split into
+    contiguous groups, one per rank ("0-3|4-7"). vLLM's CPU build otherwise wants one NUMA node
+    per rank and refuses to start tensor parallelism on a single-socket machine."""
+    cores = sorted(cores)
+    per = max(1, len(cores) // world_size)
+    groups = [cores[i * per:(i + 1) * per] or cores[-1:] for i in range(world_size)]
+    return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)

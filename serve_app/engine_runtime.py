@@ -4,11 +4,12 @@ batch job, so both build the engine and sample exactly the same way. Imports vLL
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, AsyncIterator
 
 from serve_app.app_config import AppConfig
-from serve_app.engine_args import build_engine_kwargs
+from serve_app.engine_args import build_engine_kwargs, cpu_threads_binding
 from serve_app.errors import EngineError, InvalidRequestError
 from serve_app.model_source import resolve_model_path
 from serve_app.outputs import delta_from_output
@@ -31,6 +32,10 @@ class EngineRuntime:
             from serve_app.awq.preflight import require_tp_compatible
 
             require_tp_compatible(model_path, config.engine.tensor_parallel_size)
+
+        if config.engine.accelerator == "CPU" and config.engine.world_size > 1:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_binding(
+                sorted(os.sched_getaffinity(0)), config.engine.world_size))
 
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext

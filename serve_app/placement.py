@@ -9,7 +9,9 @@ GPU, TP×PP = 1:  [{CPU: replica_cpus, GPU: 1}] — the replica owns the GPU and
                  (vLLM's own engine-core subprocess inherits CUDA_VISIBLE_DEVICES).
 GPU, TP×PP = N:  [{CPU: replica_cpus + worker_cpus, GPU: 1}, {CPU: worker_cpus, GPU: 1} × (N-1)]
                  — the replica holds no GPU itself (num_gpus=0); each vLLM worker takes one bundle's GPU.
-CPU:             the same shapes without GPUs (vLLM's CPU build, development and CI).
+CPU, TP×PP = 1:  [{CPU: replica_cpus}] (vLLM's CPU build, development and CI).
+CPU, TP×PP = N:  [{CPU: replica_cpus + N × worker_cpus}] — vLLM's CPU build runs tensor
+                 parallelism in worker subprocesses of the replica ("mp" executor), not Ray actors.
 """
 
 from __future__ import annotations
@@ -52,8 +54,17 @@ def engine_placement(engine: EngineSection) -> EnginePlacement:
         )
     worker_cpus = float(engine.worker_cpus)
     if engine.accelerator == "CPU":
-        # vLLM's Ray executor on CPU places each worker by a CPU in its bundle.
-        worker_cpus = max(worker_cpus, 1.0)
+        # vLLM's CPU build has no Ray executor (its platform declares no Ray device key, so no
+        # bundle qualifies); it runs tensor parallelism with worker subprocesses of the replica
+        # ("mp"), which share the replica's single bundle.
+        cpus = float(engine.replica_cpus) + worker_cpus * world
+        return EnginePlacement(
+            bundles=[{"CPU": cpus, **device}],
+            strategy=engine.placement_strategy,
+            replica_num_cpus=cpus,
+            replica_num_gpus=0.0,
+            executor_backend="mp",
+        )
     first = {"CPU": float(engine.replica_cpus) + worker_cpus, **device}
     rest = [{"CPU": worker_cpus, **device} for _ in range(world - 1)]
     bundles = [_drop_zero(first)] + [_drop_zero(b) for b in rest]

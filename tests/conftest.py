@@ -135,18 +135,16 @@ def media_root(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp("media")
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory, media_root, tiny_model_dir):
-    """The embedded default, served by `serve run` on a free loopback port."""
-    if shutil.which("ray", path=str(pathlib.Path(sys.executable).parent)) is None:
-        pytest.skip("ray CLI not installed")
+def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: dict | None = None):
+    """`serve run` of configs/local.yaml with overrides, on a free loopback port; a generator
+    for fixtures (stops the server afterwards)."""
+    if shutil.which("serve", path=str(pathlib.Path(sys.executable).parent)) is None:
+        pytest.skip("serve CLI not installed")
     work = tmp_path_factory.mktemp("serve")
     port = free_port()
     logs = ROOT / "build" / "test-logs"  # kept after the run (pytest prunes its tmp dirs)
     logs.mkdir(parents=True, exist_ok=True)
-    config = write_local_config(
-        work / "serve.yaml", port, {"media": {"allowed_local_roots": [str(media_root)]}}
-    )
+    config = write_local_config(work / "serve.yaml", port, args_overrides, deployments_overrides)
     # RAY_ADDRESS="local": always a fresh Ray instance, never some cluster already running here.
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
     proc = ServeProcess(config, logs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env)
@@ -155,3 +153,14 @@ def served(tmp_path_factory, media_root, tiny_model_dir):
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, media_root, tiny_model_dir):
+    """The embedded default (with a local media root and small engine queue limits)."""
+    yield from start_served(
+        tmp_path_factory,
+        {"media": {"allowed_local_roots": [str(media_root)]}},
+        # Small queue so the overload test can fill it; 16 ongoing still admits the concurrency test.
+        {"Engine": {"max_ongoing_requests": 16, "max_queued_requests": 8}},
+    )

@@ -281,6 +281,26 @@ def test_bad_media_in_stream_is_a_400_not_a_broken_stream(served):
     assert ok.status_code == 200
 
 
+def test_overload_gets_503_and_the_server_recovers(served):
+    """More concurrent requests than the engine admits (16 ongoing + 8 queued in this test's
+    config) are refused with an OpenAI-shaped 503, not queued without bound."""
+    body = {"model": MODEL, "max_tokens": 150, "ignore_eos": True, "messages": [{"role": "user", "content": "load"}]}
+
+    async def main():
+        async with httpx.AsyncClient(timeout=180) as http:
+            return await asyncio.gather(*(http.post(f"{served.base_url}/v1/chat/completions", json=body)
+                                          for _ in range(40)))
+
+    responses = asyncio.run(main())
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {200, 503}, codes
+    assert codes.count(200) >= 16
+    rejected = next(r for r in responses if r.status_code == 503).json()["error"]
+    assert rejected["code"] == 503 and "overloaded" in rejected["message"]
+    ok = _post(served, {"model": MODEL, "messages": [{"role": "user", "content": "after"}], "max_tokens": 2})
+    assert ok.status_code == 200
+
+
 def test_openapi_schema_describes_the_api(served):
     spec = httpx.get(f"{served.base_url}/openapi.json", timeout=30).json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/models" in spec["paths"]

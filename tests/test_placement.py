@@ -37,8 +37,9 @@ def test_pipeline_parallel_multiplies_bundles_and_strategy_is_configurable():
 def test_cpu_engine_bundles_have_no_gpu():
     p = engine_placement(EngineSection(accelerator="CPU", tensor_parallel_size=1, replica_cpus=2))
     assert p.bundles == [{"CPU": 2.0}] and p.replica_num_gpus == 0
-    p2 = engine_placement(EngineSection(accelerator="CPU", tensor_parallel_size=2, worker_cpus=0))
-    assert p2.bundles == [{"CPU": 2.0}, {"CPU": 1.0}] and p2.executor_backend == "ray"
+    # vLLM's CPU build has no Ray executor: TP workers are subprocesses sharing the replica's bundle.
+    p2 = engine_placement(EngineSection(accelerator="CPU", tensor_parallel_size=2, replica_cpus=0.5, worker_cpus=0.5))
+    assert p2.bundles == [{"CPU": 1.5}] and p2.executor_backend == "mp" and p2.replica_num_cpus == 1.5
 
 
 def test_zero_worker_cpus_are_dropped_from_gpu_bundles():

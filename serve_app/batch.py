@@ -326,8 +326,10 @@ def _run_requests(opts: Options, app: BatchApp, scan: InputScan, requests: list[
             ray.get([p.ready.remote() for p in pres])
         except ray.exceptions.RayActorError as exc:
             raise BatchAborted(f"an engine or preprocessing actor failed to start: {exc}") from None
-        say(f"{len(engines)} engine(s) ready in {time.monotonic() - t0:.1f}s "
-            f"(max_model_len {infos[0]['max_model_len']}); {len(pres)} preprocessing worker(s) of {cpus:g} CPU")
+        for i, info in enumerate(infos):
+            say(f"engine {i} ready on node {info['node_id']} (pid {info['pid']}, max_model_len {info['max_model_len']})")
+        say(f"{len(engines)} engine(s) ready in {time.monotonic() - t0:.1f}s; "
+            f"{len(pres)} preprocessing worker(s) of {cpus:g} CPU")
 
         max_in_flight = opts.max_in_flight or default_max_in_flight(config, opts.engines)
         _drive(ray, _request_source(opts.input, requests), _Pool(pres), _Pool(engines), engine_ids,

@@ -259,7 +259,8 @@ class Fetcher:
         if not self._under_roots(real):
             raise MediaError(f"local path {short(path)!r} is outside the allowed directories")
         try:
-            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO (or a device) must not block a worker thread forever
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise MediaError(f"local file not found: {short(path)!r}") from None
         except OSError as e:
@@ -274,6 +275,7 @@ class Fetcher:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise MediaError(f"local path {short(path)!r} is not a regular file")
+            os.set_blocking(fd, True)
             if st.st_size > max_bytes:
                 raise MediaTooLarge(f"local file {short(path)!r} is {st.st_size} bytes, more than the limit "
                                     f"of {max_bytes} bytes")

@@ -9,7 +9,9 @@ size is read from the header and checked against ``max_image_pixels`` before any
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,12 +32,15 @@ _MAGIC = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+# Pillow plugins we let parse untrusted bytes (no EPS/PSD/FITS/...: less attack surface).
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 
 
 def sniff_image_format(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
+    if data[4:12] in (b"ftypavif", b"ftypavis"):
+        return "AVIF"
     for magic, fmt in _MAGIC:
         if data.startswith(magic):
             return fmt
@@ -53,7 +58,7 @@ def describe_non_image(data: bytes, content_type: str | None) -> str:
         return f"content is JSON/text, not an image{hint}"
     if data[4:8] == b"ftyp":
         return f"content is a video (MP4/MOV), not an image{hint}"
-    return f"content is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF){hint}"
+    return f"content is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF){hint}"
 
 
 def open_image(data: bytes, *, max_pixels: int, content_type: str | None = None) -> Image.Image:
@@ -66,9 +71,10 @@ def open_image(data: bytes, *, max_pixels: int, content_type: str | None = None)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
-        raise MediaTooLarge(f"image is too large: {e}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise MediaError(f"cannot read {fmt} image header: corrupt or truncated ({e})") from None
+        raise MediaTooLarge(f"image has more pixels than the limit of {max_pixels} ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, KeyError, IndexError, struct.error,
+            EOFError) as e:
+        raise MediaError(f"cannot read {fmt} image header: corrupt or truncated ({type(e).__name__}: {e})") from None
     w, h = img.size
     if w <= 0 or h <= 0:
         raise MediaError(f"{fmt} image has an invalid size {w}x{h}")
@@ -113,7 +119,7 @@ def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
         if resize_backend((w, h), (tw, th), mode) == "pil":
             return rgb.resize((tw, th))
         return Image.fromarray(resize_rgb(np.array(rgb), (tw, th), mode), "RGB")
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, struct.error, zlib.error) as e:
         raise MediaError(f"cannot decode {img.format} image: corrupt or truncated ({e})") from None
     except Image.DecompressionBombError as e:  # pragma: no cover - checked above
         raise MediaTooLarge(str(e)) from None

@@ -84,12 +84,19 @@ def _fferr(e: Exception) -> str:
     return str(s).split(": '<")[0][:200]
 
 
+# Demuxers allowed to parse untrusted bytes: real video containers only. No playlists (hls, dash),
+# concat/image2/pipe demuxers or raw streams; and no nested opens at all (protocol_whitelist names
+# no real protocol), so a file can never make FFmpeg open a URL or a local path.
+FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,gif,ogg,asf,ivf"
+CONTAINER_OPTIONS = {"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "none"}
+
+
 def open_container(data: bytes):
     av = _av()
     if not data:
         raise MediaError("video data is empty (0 bytes)")
     try:
-        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", container_options=CONTAINER_OPTIONS)
     except (av.error.FFmpegError, ValueError, OSError, EOFError, UnicodeDecodeError) as e:
         raise MediaError(f"cannot read video: not a supported container, corrupt or truncated ({_fferr(e)})") from None
 

@@ -9,6 +9,15 @@ from PIL import Image
 
 from serve_app.media import LoadedImage, LoadedVideo, MediaConfig, MediaError, MediaLoader, MediaSpec, smart_resize
 from serve_app.media import synth
+from serve_app.media.resize import library_threads  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _one_library_thread():
+    """MediaLoader sets torch/OpenCV to 1 thread (MediaConfig.library_threads); restore afterwards so
+    other test modules in this process keep their settings."""
+    with library_threads(1):
+        yield
+
 
 
 def data_uri(data: bytes, mime: str = "image/jpeg") -> str:

@@ -23,6 +23,15 @@ from serve_app.media import MediaConfig, MediaError, MediaLoader, MediaSpec, syn
 from serve_app.media import vision_math as vm  # noqa: E402
 from serve_app.media.image import decode_image  # noqa: E402
 from serve_app.media.video import decode_video  # noqa: E402
+from serve_app.media.resize import library_threads  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _one_library_thread():
+    """MediaLoader sets torch/OpenCV to 1 thread (MediaConfig.library_threads); restore afterwards so
+    other test modules in this process keep their settings."""
+    with library_threads(1):
+        yield
+
 
 F28 = 28 * 28
 

@@ -14,6 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from serve_app.media import MediaConfig, MediaError, MediaLoader, MediaSpec, synth
+from serve_app.media.resize import library_threads  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _one_library_thread():
+    """MediaLoader sets torch/OpenCV to 1 thread (MediaConfig.library_threads); restore afterwards so
+    other test modules in this process keep their settings."""
+    with library_threads(1):
+        yield
+
 
 JPEG = synth.jpeg(320, 240, seed=11)
 PNG = synth.encode_image(synth.photo_like(64, 48, 2), "PNG")

@@ -16,6 +16,15 @@ from serve_app.media import MediaConfig, MediaError, MediaLoader, MediaSpec
 from serve_app.media.errors import AddressRefused
 from serve_app.media.fetch import GuardedBackend
 from serve_app.media.netguard import HostPolicy, is_public, parse_ip_literal, resolve_checked
+from serve_app.media.resize import library_threads  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _one_library_thread():
+    """MediaLoader sets torch/OpenCV to 1 thread (MediaConfig.library_threads); restore afterwards so
+    other test modules in this process keep their settings."""
+    with library_threads(1):
+        yield
+
 
 REFUSED_IPS = [
     "127.0.0.1", "127.255.255.254", "10.0.0.1", "172.16.5.4", "172.31.255.255", "192.168.1.1",

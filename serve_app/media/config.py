@@ -76,6 +76,11 @@ class MediaConfig(BaseModel):
     jpeg_reduce_margin: float = Field(1.7, ge=1.0,
         description="fast mode: decode a JPEG at 1/2^k scale only if still >= this many times the target.")
     decode_threads: int = Field(0, ge=0, description="Decode thread pool size (0: number of CPUs).")
+    library_threads: int | None = Field(1, ge=1,
+        description="MediaLoader() sets torch's and OpenCV's process-wide intra-op thread counts to this "
+                    "(None: leave them). 1 because the decode pool already runs one item per core; nested "
+                    "thread pools oversubscribe the CPU (10-30x slower under load, measured). Only construct "
+                    "a MediaLoader in the preprocessing process, not inside a CPU vLLM engine process.")
 
     @field_validator("allow_hosts")
     @classmethod

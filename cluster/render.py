@@ -15,8 +15,10 @@ What is derived from ``configs/qwen2.5-vl-72b-awq-tp4.yaml`` (and nothing is han
 * the launcher's node types from the same numbers.
 
 Variants (``VARIANTS``): 4-GPU pods with one TP=4 engine replica each, and 8-GPU pods holding two
-TP=4 replicas each (the same Serve config: TP=8 would need the AWQ-padded checkpoint, see
-``python -m serve_app.awq``, and halves the replicas per GPU for no gain at 72B).
+TP=4 replicas each. Both embed the same Serve config: the 72B AWQ fits in four GPUs, so on 8-GPU
+nodes two TP=4 replicas give about twice the throughput of one TP=8 replica (which only buys lower
+per-request latency at the cost of more all-reduce traffic). For TP=8, write a Serve config with
+``tensor_parallel_size: 8`` and add a variant that points at it.
 """
 
 from __future__ import annotations

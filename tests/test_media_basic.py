@@ -107,3 +107,14 @@ async def test_rgba_on_white(loader):
     png = synth.encode_image(Image.fromarray(arr, "RGBA"), "PNG")
     [img] = await loader.load([MediaSpec("image", data_uri(png, "image/png"), {}, "m[0]")])
     assert np.asarray(img.image).min() == 255
+
+
+async def test_loaded_image_array_and_pickle(loader):
+    import pickle
+
+    [img] = await loader.load([MediaSpec("image", data_uri(synth.jpeg(1000, 800)), {"max_pixels": 128 * 28 * 28}, "m[0]")])
+    arr = img.array
+    assert arr.dtype == np.uint8 and arr.shape == (img.size[1], img.size[0], 3) and not arr.flags.writeable
+    assert np.array_equal(np.asarray(img.image), arr)
+    back = pickle.loads(pickle.dumps(img))
+    assert back.uuid == img.uuid and np.array_equal(back.array, arr) and back.image.mode == "RGB"

@@ -95,12 +95,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
                  min_target_pixels: int = vm.MIN_PIXELS, max_target_pixels: int = vm.MAX_PIXELS,
                  content_type: str | None = None, mode: str = "fast", margin: float = 1.7,
-                 factor: int = vm.IMAGE_FACTOR) -> Image.Image:
+                 factor: int = vm.IMAGE_FACTOR, output: str = "pil") -> Image.Image | np.ndarray:
     """Decode + convert + resize; raises MediaError with the reason on any bad input.
 
     ``mode`` is MediaConfig.decode_mode: "reference" runs the literal Pillow calls of qwen-vl-utils;
     "accurate" uses simplejpeg for JPEGs and torch's resampler; "fast" adds reduced-scale JPEG
-    decoding and OpenCV for large near-identity resizes.
+    decoding and OpenCV for large near-identity resizes. ``output="any"`` may return a uint8
+    [H, W, 3] array instead of a PIL image (whichever the decoder produced; no conversion).
     """
     accelerate, fast = mode != "reference", mode == "fast"
     img = open_image(data, max_pixels=max_pixels, content_type=content_type)
@@ -111,6 +112,8 @@ def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
         from .image_fast import decode_jpeg_resized
         out = decode_jpeg_resized(data, img, (tw, th), fast=fast, margin=margin)
         if out is not None:
+            if output == "pil" and isinstance(out, np.ndarray):
+                return Image.fromarray(out, "RGB")
             return out
     try:
         rgb = to_rgb(img)
@@ -118,7 +121,8 @@ def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
             return rgb.resize((tw, th))  # the literal qwen-vl-utils call
         if resize_backend((w, h), (tw, th), mode) == "pil":
             return rgb.resize((tw, th))
-        return Image.fromarray(resize_rgb(np.array(rgb), (tw, th), mode), "RGB")
+        arr = resize_rgb(np.array(rgb), (tw, th), mode)
+        return arr if output == "any" else Image.fromarray(arr, "RGB")
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, struct.error, zlib.error) as e:
         raise MediaError(f"cannot decode {img.format} image: corrupt or truncated ({e})") from None
     except Image.DecompressionBombError as e:  # pragma: no cover - checked above

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .resize import resize_rgb
+from .resize import resize_backend, resize_rgb
 
 DEFAULT_MARGIN = 1.7
 
@@ -58,7 +58,8 @@ def decode_jpeg_array(data: bytes, target: tuple[int, int], *, reduce: bool = Tr
 
 
 def decode_jpeg_resized(data: bytes, header: Image.Image, size: tuple[int, int], *, fast: bool = True,
-                        margin: float = DEFAULT_MARGIN) -> Image.Image | None:
+                        margin: float = DEFAULT_MARGIN) -> Image.Image | np.ndarray | None:
+    """The resized RGB pixels (a uint8 array, or a PIL image where Pillow did the resize), or None."""
     if header.mode not in ("RGB", "L"):
         return None
     got = decode_jpeg_array(data, size, reduce=fast, margin=margin)
@@ -71,4 +72,7 @@ def decode_jpeg_resized(data: bytes, header: Image.Image, size: tuple[int, int],
         # The last reduced row/column covers a partial block: resample exactly the source's extent
         # (w/d x h/d reduced pixels) so the output is not stretched by up to half a pixel.
         return Image.fromarray(arr, "RGB").resize(size, Image.Resampling.BICUBIC, box=(0, 0, w / d, h / d))
-    return Image.fromarray(resize_rgb(arr, size, "fast" if fast else "accurate"), "RGB")
+    mode = "fast" if fast else "accurate"
+    if resize_backend((arr.shape[1], arr.shape[0]), size, mode) == "pil":
+        return Image.fromarray(arr, "RGB").resize(size, Image.Resampling.BICUBIC)
+    return resize_rgb(arr, size, mode)

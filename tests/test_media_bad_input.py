@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from serve_app.media import LoadedImage, LoadedVideo, MediaConfig, MediaError, MediaLoader, MediaSpec, synth
-from serve_app.media.resize import library_threads  # noqa: E402
+from serve_app.media.tuning import library_threads  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _one_library_thread():

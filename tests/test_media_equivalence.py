@@ -23,7 +23,8 @@ from serve_app.media import MediaConfig, MediaError, MediaLoader, MediaSpec, syn
 from serve_app.media import vision_math as vm  # noqa: E402
 from serve_app.media.image import decode_image  # noqa: E402
 from serve_app.media.video import decode_video  # noqa: E402
-from serve_app.media.resize import library_threads  # noqa: E402
+from serve_app.media.tuning import library_threads  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _one_library_thread():

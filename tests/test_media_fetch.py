@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from serve_app.media import MediaConfig, MediaError, MediaLoader, MediaSpec, synth
-from serve_app.media.resize import library_threads  # noqa: E402
+from serve_app.media.tuning import library_threads  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _one_library_thread():

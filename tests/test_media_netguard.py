@@ -16,7 +16,8 @@ from serve_app.media import MediaConfig, MediaError, MediaLoader, MediaSpec
 from serve_app.media.errors import AddressRefused
 from serve_app.media.fetch import GuardedBackend
 from serve_app.media.netguard import HostPolicy, is_public, parse_ip_literal, resolve_checked
-from serve_app.media.resize import library_threads  # noqa: E402
+from serve_app.media.tuning import library_threads  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _one_library_thread():

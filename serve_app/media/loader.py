@@ -28,7 +28,8 @@ from .errors import MediaError, MediaTooLarge
 from .fetch import Fetched, Fetcher, source_kind
 from .image import decode_image
 from .netguard import Resolver
-from .resize import resize_video_frame, set_library_threads
+from .resize import resize_video_frame
+from .tuning import set_library_threads, tune_malloc
 from .video import VideoDefaults, VideoLimits, decode_video
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ class MediaLoader:
         c = self.config
         if c.library_threads is not None:
             set_library_threads(c.library_threads)
+        if c.tune_malloc:
+            tune_malloc()
         self._vdefaults = VideoDefaults(fps=c.video_fps, min_frames=c.video_min_frames, max_frames=c.video_max_frames,
                                         min_pixels=c.video_min_pixels, max_pixels=c.video_max_pixels,
                                         total_pixels=c.video_total_pixels)

@@ -16,7 +16,6 @@ implements the same filter. Backends, fastest first:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
@@ -44,30 +43,6 @@ def _cv2():
         return cv2
     except Exception:  # pragma: no cover
         return None
-
-
-def set_library_threads(n: int) -> None:
-    """Process-wide intra-op threads of torch and OpenCV (see MediaConfig.library_threads)."""
-    torch, cv2 = _torch(), _cv2()
-    if torch is not None and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    if cv2 is not None:
-        cv2.setNumThreads(n)
-
-
-@contextlib.contextmanager
-def library_threads(n: int):
-    """Temporarily set torch's and OpenCV's thread counts (tests, benchmarks); restored on exit."""
-    torch, cv2 = _torch(), _cv2()
-    saved = (torch.get_num_threads() if torch is not None else None, cv2.getNumThreads() if cv2 is not None else None)
-    set_library_threads(n)
-    try:
-        yield
-    finally:
-        if saved[0] is not None:
-            torch.set_num_threads(saved[0])
-        if saved[1] is not None:
-            cv2.setNumThreads(saved[1])
 
 
 def resize_backend(src: tuple[int, int], size: tuple[int, int], mode: str = "fast") -> str:

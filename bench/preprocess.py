@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", default="img,video", help="comma list: img, video (default both)")
+    p.add_argument("--cases", default="img,video",
+                   help="comma list: img, video, readers (frame extraction only, per reader; default img,video)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per image case (median reported)")
     p.add_argument("--video-reps", type=int, default=2)
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one allowed)")
@@ -205,7 +206,7 @@ def main():
 
     from serve_app.media import MediaConfig, MediaLoader, MediaSpec
 
-    inputs = make_inputs(Path(args.cache_dir), args.video_seconds, "video" in cases)
+    inputs = make_inputs(Path(args.cache_dir), args.video_seconds, bool(cases & {"video", "readers"}))
     cfg = MediaConfig(allowed_local_roots=[args.cache_dir], cache_max_bytes=0, cache_url_ttl_s=0,
                       decode_threads=1, decode_mode=args.decode_mode)
     loader = MediaLoader(cfg)
@@ -273,9 +274,75 @@ def main():
                 mean_abs=float(d.mean()) if same else None, max_abs=int(d.max()) if same else None,
                 p99_abs=float(np.percentile(d, 99)) if same else None, goal=3.0))
             print_row(results[-1])
+    if "readers" in cases:
+        results += compare_readers(inputs["video"], args.video_reps)
     loop.run_until_complete(loader.aclose())
     if args.json:
         print(json.dumps(results))
+
+
+def compare_readers(path: Path, reps: int):
+    """Why PyAV: time to get qwen-vl-utils' 120 sampled frames (RGB, full size) out of the clip with each
+    reader, no resize. Same indices for all (from our demux index, equal to torchcodec's)."""
+    import importlib.util
+
+    from serve_app.media import video as V
+
+    data = path.read_bytes()
+    c = V.open_container(data)
+    idx = V.index_stream(c, V.VideoLimits())
+    c.close()
+    indices, _, _ = V.plan_sampling(idx, {}, V.VideoDefaults())
+    wanted = sorted(set(indices))
+
+    def pyav_all():
+        import av
+
+        out, n = {}, 0
+        with av.open(str(path)) as cont:
+            st = cont.streams.video[0]
+            st.thread_type = "NONE"
+            for f in cont.decode(st):
+                if n in wanted:
+                    out[n] = f.to_ndarray(format="rgb24")
+                n += 1
+        return len(out), n
+
+    def pyav_selective():
+        c2 = V.open_container(data)
+        ix = V.index_stream(c2, V.VideoLimits())
+        c2.close()
+        st = {}
+        frames, _ = V.decode_selected(data, ix, wanted, stats=st)
+        return len([frames[i].to_ndarray(format="rgb24") for i in wanted]), st["frames_decoded"]
+
+    readers = [("PyAV, every frame decoded", pyav_all), ("PyAV, selective (this project)", pyav_selective)]
+    if importlib.util.find_spec("decord"):
+        def decord_batch():
+            import decord
+
+            vr = decord.VideoReader(str(path), num_threads=1)
+            return len(vr.get_batch(wanted).asnumpy()), len(vr)
+        readers.append(("decord get_batch", decord_batch))
+    if importlib.util.find_spec("torchcodec"):
+        def torchcodec_at():
+            from torchcodec.decoders import VideoDecoder
+
+            d = VideoDecoder(str(path), num_ffmpeg_threads=1)
+            return len(d.get_frames_at(indices=wanted).data), d.metadata.num_frames
+        readers.append(("torchcodec get_frames_at", torchcodec_at))
+    rows = []
+    for name, fn in readers:
+        try:
+            ts, (got, decoded) = timed(fn, reps)
+        except Exception as e:  # noqa: BLE001 - a reader that cannot run here is reported, not fatal
+            print(f"reader {name}: failed: {str(e).splitlines()[0][:120]}")
+            continue
+        rows.append(dict(case=f"reader: {name}", frames=got, packets_decoded=decoded,
+                         ms=statistics.median(ts) * 1e3))
+        print(f"reader {name:<34} {got} frames out, {decoded:5d} frames decoded, "
+              f"{rows[-1]['ms']:8.1f} ms", flush=True)
+    return rows
 
 
 def print_row(r):

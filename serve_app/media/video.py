@@ -199,8 +199,11 @@ def decode_ranges(idx: StreamIndex, wanted_pts: set[int]) -> list[tuple[int, int
     return [(a, b) for a, b in ranges]
 
 
-def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, threads: int = 1) -> tuple[dict[int, Any], int]:
-    """{frame index: av.VideoFrame} for ``indices``, decoding as little as possible; also #packets sent."""
+def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, threads: int = 1,
+                    stats: dict | None = None) -> tuple[dict[int, Any], int]:
+    """{frame index: av.VideoFrame} for ``indices``, decoding as little as possible; also #packets sent.
+
+    ``stats`` (optional) receives packets_sent and frames_decoded (frames the decoder produced)."""
     av = _av()
     want = {idx.pts_sorted[i]: i for i in set(indices)}
     container = open_container(data)  # a fresh decoder context (the demux pass read to the end)
@@ -211,8 +214,10 @@ def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, thread
         cc.thread_type = "SLICE" if threads > 1 else "NONE"
         out: dict[int, Any] = {}
         sent = 0
+        produced = [0]
 
         def take(frames):
+            produced[0] += len(frames)
             for fr in frames:
                 i = want.get(fr.pts)
                 if i is not None and i not in out:
@@ -236,6 +241,8 @@ def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, thread
                 take(cc.decode(None))  # drain frames held back for reordering
             except av.error.FFmpegError:
                 errors += 1
+        if stats is not None:
+            stats.update(packets_sent=sent, frames_decoded=produced[0], ranges=n + 1 if idx.pkt_pts else 0)
         return out, sent
     finally:
         container.close()

@@ -332,6 +332,7 @@ def _run_requests(opts: Options, app: BatchApp, scan: InputScan, requests: list[
             f"{len(pres)} preprocessing worker(s) of {cpus:g} CPU")
 
         max_in_flight = opts.max_in_flight or default_max_in_flight(config, opts.engines)
+        progress.restart_clock()  # throughput and ETA from here, not from the engines' start-up
         _drive(ray, _request_source(opts.input, requests), _Pool(pres), _Pool(engines), engine_ids,
                max_in_flight, writer, progress, opts.progress_interval)
     finally:
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     def _terminate(signum, frame):  # `ray job stop` sends SIGTERM: unwind so the output is closed cleanly
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         run(opts)
     except BatchError as exc:
@@ -452,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("[batch] interrupted; rerun the same command to resume.", file=sys.stderr, flush=True)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -354,6 +354,10 @@ class Progress:
     def __post_init__(self) -> None:
         self.started = self.clock()
 
+    def restart_clock(self) -> None:
+        """Rates count from now (e.g. once the engines are up, not from when the job started)."""
+        self.started = self.clock()
+
     def add(self, record: dict[str, Any]) -> None:
         self.done += 1
         if record_status(record) == 200:

@@ -193,3 +193,7 @@ def test_progress_line_and_summary():
     assert s["done"] == 2 and s["ok"] == 1 and s["failed"] == 1 and s["completion_tokens"] == 5
     assert s["skipped_already_done"] == 6 and s["requests_per_s"] == 0.2
     assert "100.0%" in bio.Progress(total=0).line()
+    now[0] = 200.0
+    p.restart_clock()  # the batch driver restarts it once the engines are up
+    now[0] = 204.0
+    assert "0.50 req/s" in p.line() and "elapsed 4s" in p.line()

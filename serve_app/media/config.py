@@ -54,7 +54,9 @@ class MediaConfig(BaseModel):
 
     # --- cache ----------------------------------------------------------------------------
     cache_max_bytes: int = Field(1024 * MiB, ge=0, description="Decoded-output LRU cache (0 disables).")
-    cache_url_ttl_s: float = Field(300.0, ge=0, description="How long a URL's result is reused without refetching.")
+    cache_url_ttl_s: float = Field(300.0, ge=0,
+        description="How long an http(s) URL's result is reused without refetching (0: always refetch; the "
+                    "content-addressed cache still skips decoding bytes seen before).")
 
     # --- Qwen2.5-VL defaults (qwen-vl-utils 0.0.14) ---------------------------------------
     image_min_pixels: int = Field(vm.MIN_PIXELS, gt=0)

@@ -25,7 +25,7 @@ import httpx
 
 from .config import MediaConfig
 from .errors import AddressRefused, MediaError, MediaTooLarge
-from .netguard import HostPolicy, Resolver, resolve_checked, system_resolver
+from .netguard import HostPolicy, Resolver, parse_ip_literal, resolve_checked, system_resolver
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,6 @@ class Fetcher:
         if u.userinfo:
             raise MediaError("URLs with credentials (user:password@) are not allowed")
         # Fast refusal of literal / well-known names before touching the pool.
-        from .netguard import parse_ip_literal
         self.policy.check_name(u.host)
         lit = parse_ip_literal(u.host)
         if lit is not None:

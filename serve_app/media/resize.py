@@ -79,13 +79,24 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int], mode: str = "fast") -> np
 
 
 def resize_torch(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """torch's uint8 antialiased bicubic (vectorised; near-exact only when shrinking >= 1.4x)."""
+    """torch's uint8 antialiased bicubic (vectorised; near-exact only when shrinking >= 1.4x).
+
+    Written straight into a channels-last (HWC) buffer through the ``.out`` overload of the ATen op
+    behind ``F.interpolate(..., antialias=True)``: the same kernel and result, without the NCHW
+    output and the copy back to HWC (2x faster at 1080p -> 1008x560).
+    """
     torch = _torch()
     if not rgb.flags.writeable or not rgb.flags.c_contiguous:
         rgb = np.array(rgb)  # torch.from_numpy warns on read-only arrays
     x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)  # a channels-last view, no copy
+    out = np.empty((size[1], size[0], rgb.shape[2]), np.uint8)
     with torch.inference_mode():
-        y = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True)
+        try:
+            torch.ops.aten._upsample_bicubic2d_aa.out(x, [size[1], size[0]], False, None, None,
+                                                       out=torch.from_numpy(out).permute(2, 0, 1).unsqueeze(0))
+            return out
+        except (AttributeError, RuntimeError):  # pragma: no cover - older/newer torch without the overload
+            y = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True)
     return y[0].permute(1, 2, 0).contiguous().numpy()
 
 

@@ -55,6 +55,8 @@ def parse_args():
     p.add_argument("--extra-path", action="append", default=[], help="prepend to sys.path (bench-only deps)")
     p.add_argument("--ffmpeg-from-pyav", action="store_true", help="let torchcodec use PyAV's bundled FFmpeg")
     p.add_argument("--decode-mode", default="fast", choices=["fast", "accurate", "reference"])
+    p.add_argument("--no-tune-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds alone (MediaConfig.tune_malloc=False) for both sides")
     p.add_argument("--json", action="store_true", help="also print one JSON line with all results")
     return p.parse_args()
 
@@ -200,7 +202,6 @@ def main():
     import numpy as np
     import torch
 
-    import qwen_vl_utils
     import qwen_vl_utils.vision_process as qv
     from importlib.metadata import version
 
@@ -208,7 +209,7 @@ def main():
 
     inputs = make_inputs(Path(args.cache_dir), args.video_seconds, bool(cases & {"video", "readers"}))
     cfg = MediaConfig(allowed_local_roots=[args.cache_dir], cache_max_bytes=0, cache_url_ttl_s=0,
-                      decode_threads=1, decode_mode=args.decode_mode)
+                      decode_threads=1, decode_mode=args.decode_mode, tune_malloc=not args.no_tune_malloc)
     loader = MediaLoader(cfg)
     loader.warmup()
     loop = asyncio.new_event_loop()
@@ -218,7 +219,8 @@ def main():
 
     results = []
     print(f"# pinned to CPU {cpu}; qwen-vl-utils {version('qwen-vl-utils')}; torch {torch.__version__}; "
-          f"decode_mode={args.decode_mode}; load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"decode_mode={args.decode_mode}; malloc tuning {'off' if args.no_tune_malloc else 'on'} (both sides); "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
     if "img" in cases:
         image_cases = [

@@ -259,7 +259,7 @@ def test_bad_sources_refused_without_io():
 
 
 async def test_frame_list_with_a_bad_frame_names_the_frame(loader):
-    with pytest.raises(MediaError, match=rf"^messages\[1\]\.content\[2\]: frame 1: .*empty"):
+    with pytest.raises(MediaError, match=r"^messages\[1\]\.content\[2\]: frame 1: .*empty"):
         await loader.load([MediaSpec("video", [uri(JPEG), uri(b"")], {}, WHERE)])
     other = synth.encode_image(synth.photo_like(300, 40), "PNG")
     with pytest.raises(MediaError, match="same size"):

@@ -450,3 +450,42 @@ async def test_frame_list_max_pixels_below_video_min_is_refused_like_qwen(tmp_pa
     loader = MediaLoader(MediaConfig(allowed_local_roots=[str(tmp_path)]))
     with pytest.raises(MediaError, match=r"^m\[0\]: max_pixels"):
         await loader.load([MediaSpec("video", paths, {"max_pixels": 100 * F28}, "m[0]")])
+
+
+# ----------------------------------------------------------------------------- selective decoding
+SELECTIVE_CODECS = {
+    "x264_bframes_pyramid": dict(options={"preset": "veryfast"}),
+    "x264_open_gop": dict(options={"preset": "veryfast", "x264-params": "keyint=12:open-gop=1:bframes=3"}),
+    "x264_baseline_gop8": dict(options={"preset": "veryfast", "profile": "baseline", "g": "8"}),
+    "x265_bframes": dict(codec="libx265", options={"preset": "ultrafast",
+                                                    "x265-params": "keyint=15:bframes=3:log-level=error"}),
+    "vp9_gop10": dict(codec="libvpx-vp9", container="webm", options={"g": "10", "deadline": "realtime", "cpu-used": "8"}),
+    "mpeg4_bframes": dict(codec="mpeg4", options={"bf": "2", "g": "12"}),
+    "mjpeg_avi": dict(codec="mjpeg", container="avi", pix_fmt="yuvj420p"),
+    "x264_mkv_gop10": dict(container="matroska", options={"preset": "veryfast", "g": "10"}),
+}
+
+
+@pytest.mark.parametrize("name", list(SELECTIVE_CODECS))
+def test_selective_decoding_is_bit_identical_to_full_decode(name):
+    from serve_app.media import video as V
+
+    kw = SELECTIVE_CODECS[name]
+    if kw.get("codec", "libx264") not in av.codecs_available:
+        pytest.skip(f"encoder {kw.get('codec')} not in this PyAV build")
+    data = synth.encode_video(_frames(60, 160, 120, seed=2), fps=30, **kw)
+    with av.open(io.BytesIO(data)) as c:
+        full = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    c = V.open_container(data)
+    idx = V.index_stream(c, V.VideoLimits())
+    c.close()
+    assert idx.num_frames == len(full) == 60
+    for n in (4, 8, 40):
+        wanted = sorted(set(vm.sample_frame_indices(60, n)))
+        stats = {}
+        frames, _ = V.decode_selected(data, idx, wanted, stats=stats)
+        assert sorted(frames) == wanted, (name, n)
+        for i in wanted:
+            assert np.array_equal(frames[i].to_ndarray(format="rgb24"), full[i]), (name, n, i)
+        if n == 4 and name != "mjpeg_avi":
+            assert stats["frames_decoded"] < 60  # something was skipped

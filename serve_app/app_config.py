@@ -100,6 +100,13 @@ class EngineSection(_Strict):
 class ServingSection(_Strict):
     max_n: int = Field(8, ge=1, le=128, description="Largest `n` (choices per request) accepted.")
     max_top_logprobs: int = Field(20, ge=0, le=20)
+    stream_interval_ms: float = Field(
+        50.0, ge=0, le=1000,
+        description="Streaming: after sending a chunk, wait this long before the next one; tokens made "
+        "meanwhile are merged by vLLM into one chunk. Cuts per-token messages through Serve "
+        "(engine → ingress → proxy) at high concurrency; the first token is never delayed. 0: a "
+        "chunk per engine step.",
+    )
     max_request_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest accepted HTTP request body (data URIs included)."
     )

@@ -3,6 +3,7 @@ batch job, so both build the engine and sample exactly the same way. Imports vLL
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -63,6 +64,7 @@ class EngineRuntime:
             disable_log_stats=False,
         )
         self.model_path = model_path
+        self._stream_interval_s = config.serving.stream_interval_ms / 1000.0
         self.max_model_len = vllm_config.model_config.max_model_len
         # The defaults `vllm serve` applies from generation_config.json (temperature, top_p, ...).
         self.default_sampling = dict(vllm_config.model_config.get_diff_sampling_param() or {})
@@ -105,12 +107,18 @@ class EngineRuntime:
             vllm_prompt = prompt.vllm_prompt()
         params = self.sampling_params(sampling, stream)
         produced = False
+        pace = self._stream_interval_s if stream else 0.0
         try:
             # AsyncLLM.generate aborts the request itself when this generator is cancelled
             # (the client went away and Serve cancelled the replica-side generator).
             async for out in self.engine.generate(vllm_prompt, params, request_id):
                 produced = True
                 yield delta_from_output(out, top_logprobs=top_logprobs)
+                if pace and not out.finished:
+                    # vLLM's per-request collector merges DELTA outputs that arrive while we
+                    # wait, so the next chunk carries every token made meanwhile: one Serve
+                    # message per interval instead of one per token.
+                    await asyncio.sleep(pace)
         except Exception as exc:  # noqa: BLE001
             # vLLM wraps input-processing failures in EngineGenerateError; the cause says what.
             cause = exc.__cause__ if type(exc).__name__ == "EngineGenerateError" and exc.__cause__ else exc

@@ -262,5 +262,8 @@ async def test_frame_list_with_a_bad_frame_names_the_frame(loader):
     with pytest.raises(MediaError, match=r"^messages\[1\]\.content\[2\]: frame 1: .*empty"):
         await loader.load([MediaSpec("video", [uri(JPEG), uri(b"")], {}, WHERE)])
     other = synth.encode_image(synth.photo_like(300, 40), "PNG")
-    with pytest.raises(MediaError, match="same size"):
+    with pytest.raises(MediaError, match=r"^messages\[1\]\.content\[2\]: frame 1: all frames .* same size"):
         await loader.load([MediaSpec("video", [uri(JPEG), uri(other)], {}, WHERE)])
+    ld = MediaLoader(MediaConfig(max_video_bytes=len(JPEG) * 2))
+    with pytest.raises(MediaError, match="frames are larger than the limit"):
+        await ld.load([MediaSpec("video", [uri(JPEG)] * 3, {}, WHERE)])

@@ -41,6 +41,7 @@ VIDEO_OPTIONS = IMAGE_OPTIONS | frozenset({"fps", "nframes", "min_frames", "max_
                                            "video_start", "video_end", "sample_fps"})
 _INT_OPTIONS = frozenset({"resized_height", "resized_width", "nframes", "min_frames", "max_frames"})
 _MAX_SIDE = 32768
+FRAME_FETCH_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -369,14 +370,26 @@ class MediaLoader:
 
     async def _load_frame_list(self, spec: MediaSpec) -> LoadedVideo:
         """qwen-vl-utils 0.0.14 frame lists: each frame through fetch_image at factor 56, padded to
-        even by repeating the last, then the video resize rule at factor 28."""
+        even by repeating the last, then the video resize rule at factor 28.
+
+        Bounded: at most FRAME_FETCH_CONCURRENCY downloads at once, max_video_bytes for all frames
+        together, and each frame is taken to its final size right after decoding (the factor-56
+        intermediate can be ~50 MP per frame)."""
         c = self.config
         sources = list(spec.source)
+        total = [0]
+        sem = asyncio.Semaphore(FRAME_FETCH_CONCURRENCY)
+
         async def fetch_at(i: int, src: str) -> Fetched:
-            try:
-                return await self.fetcher.fetch(src, max_bytes=c.max_image_bytes)
-            except MediaError as e:
-                raise MediaError(f"frame {i}: {e}") from None
+            async with sem:
+                try:
+                    f = await self.fetcher.fetch(src, max_bytes=c.max_image_bytes)
+                except MediaError as e:
+                    raise MediaError(f"frame {i}: {e}") from None
+            total[0] += len(f.data)
+            if total[0] > c.max_video_bytes:
+                raise MediaError(f"the frames are larger than the limit of {c.max_video_bytes} bytes together")
+            return f
 
         fetched = await asyncio.gather(*(fetch_at(i, s) for i, s in enumerate(sources)))
         opts = dict(spec.options)
@@ -389,8 +402,9 @@ class MediaLoader:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
+        n = vm.padded_frame_count(len(fetched))
 
-        def decode_one(f: Fetched) -> np.ndarray:
+        def step1(f: Fetched) -> np.ndarray:
             img = decode_image(f.data, img_opts, max_pixels=c.max_image_pixels,
                                min_target_pixels=vm.IMAGE_MIN_TOKEN_NUM * f1**2,
                                max_target_pixels=vm.IMAGE_MAX_TOKEN_NUM * f1**2,
@@ -398,39 +412,42 @@ class MediaLoader:
                                margin=c.jpeg_reduce_margin, factor=f1, output="any")
             return img if isinstance(img, np.ndarray) else np.asarray(img)
 
-        async def decode_at(i: int, f: Fetched) -> np.ndarray:
+        async def run_step(i: int, fn, *args):
             try:
-                return await self._run(decode_one, f)
+                return await self._run(fn, *args)
             except MediaError as e:
                 raise MediaError(f"frame {i}: {e}") from None
 
-        arrays = await asyncio.gather(*(decode_at(i, f) for i, f in enumerate(fetched)))
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1:
-            raise MediaError(f"all frames of a frame list must have the same size, got "
-                             f"{', '.join(f'{s[1]}x{s[0]}' for s in sorted(shapes))}")
-        n = vm.padded_frame_count(len(arrays))
-        arrays = arrays + [arrays[-1]] * (n - len(arrays))
-        h1, w1 = arrays[0].shape[:2]
+        first = await run_step(0, step1, fetched[0])  # its size fixes everyone's target
+        h1, w1 = first.shape[:2]
         th, tw = vm.video_target_size(h1, w1, n, opts, min_pixels=c.video_min_pixels,
                                       max_pixels=c.video_max_pixels, total_pixels=c.video_total_pixels)
+        out = np.empty((n, th, tw, 3), np.uint8)
 
-        def finish() -> np.ndarray:
-            out = np.empty((n, th, tw, 3), np.uint8)
-            done: dict[int, np.ndarray] = {}
-            for i, a in enumerate(arrays):
-                k = id(a)
-                if k not in done:
-                    done[k] = resize_video_frame(a, (tw, th), c.decode_mode)
-                out[i] = done[k]
-            return out
+        def finish(i: int, f: Fetched, a: np.ndarray | None = None) -> None:
+            a = step1(f) if a is None else a
+            if a.shape[:2] != (h1, w1):
+                raise MediaError(f"all frames of a frame list must have the same size, got {w1}x{h1} "
+                                 f"for frame 0 and {a.shape[1]}x{a.shape[0]} after resizing")
+            out[i] = resize_video_frame(a, (tw, th), c.decode_mode)
 
-        frames = await self._run(finish)
-        frames.flags.writeable = False
+        jobs, seen = [], {}
+        for i, f in enumerate(fetched):  # identical frames are decoded once
+            if digests[i] in seen:
+                continue
+            seen[digests[i]] = i
+            jobs.append(run_step(i, finish, i, f, first if i == 0 else None))
+        await asyncio.gather(*jobs)
+        for i in range(len(fetched)):
+            j = seen[digests[i]]
+            if j != i:
+                out[i] = out[j]
+        out[len(fetched):] = out[len(fetched) - 1]  # pad to even with the last frame
+        out.flags.writeable = False
         sample_fps = float(opts.get("sample_fps", 2.0))
         meta = {"fps": sample_fps, "source_fps": sample_fps, "frames_indices": list(range(n)),
                 "total_num_frames": n, "duration": n / sample_fps, "video_backend": "frames"}
-        result = LoadedVideo(frames=frames, metadata=meta, uuid=uuid)
+        result = LoadedVideo(frames=out, metadata=meta, uuid=uuid)
         self.cache.put(key, result, _nbytes(result))
         return result
 

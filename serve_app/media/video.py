@@ -6,7 +6,12 @@ presentation (pts) order and ``average_fps = num_frames / (end - begin)`` over t
 span. Sampling: ``calculate_video_frame_range`` -> ``smart_nframes`` -> ``linspace(start, end,
 n).round()``. Per-frame size: ``smart_resize`` with ``max_pixels = max(min(VIDEO_MAX_PIXELS,
 total_pixels / n * 2), int(min_pixels * 1.05))`` capped by a caller's max_pixels, resized with
-torchvision's antialiased bicubic (torch's interpolate, what qwen-vl-utils calls).
+torchvision's antialiased bicubic as qwen-vl-utils does (in fast mode, when shrinking >= 1.4x,
+torch's uint8 version of it: mean |delta| 0.16, see resize.py). Each sampled frame is converted and
+resized as soon as it is decoded, so memory holds the output plus one full-size frame.
+
+Only real video containers are demuxed (``FORMAT_WHITELIST``) and FFmpeg may open nothing else
+(``protocol_whitelist``): no playlists, concat lists or image pipes, no URLs, no local paths.
 
 Decoding only what is needed (PyAV/FFmpeg; decord and torchcodec decode every frame up to the last
 sample, see bench/README.md): packets kept from the demux pass are fed to the decoder directly.
@@ -200,9 +205,11 @@ def decode_ranges(idx: StreamIndex, wanted_pts: set[int]) -> list[tuple[int, int
 
 
 def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, threads: int = 1,
-                    stats: dict | None = None) -> tuple[dict[int, Any], int]:
+                    stats: dict | None = None, on_frame=None) -> tuple[dict[int, Any], int]:
     """{frame index: av.VideoFrame} for ``indices``, decoding as little as possible; also #packets sent.
 
+    With ``on_frame(i, frame)`` each wanted frame is handed over as it is decoded and not kept (the
+    returned dict then stays empty): 768 sampled 8K frames would otherwise be ~38 GB of YUV.
     ``stats`` (optional) receives packets_sent and frames_decoded (frames the decoder produced)."""
     av = _av()
     want = {idx.pts_sorted[i]: i for i in set(indices)}
@@ -213,6 +220,7 @@ def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, thread
         cc.thread_count = max(1, threads)
         cc.thread_type = "SLICE" if threads > 1 else "NONE"
         out: dict[int, Any] = {}
+        seen: set[int] = set()
         sent = 0
         produced = [0]
 
@@ -220,8 +228,12 @@ def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, thread
             produced[0] += len(frames)
             for fr in frames:
                 i = want.get(fr.pts)
-                if i is not None and i not in out:
-                    out[i] = fr
+                if i is not None and i not in seen:
+                    seen.add(i)
+                    if on_frame is None:
+                        out[i] = fr
+                    else:
+                        on_frame(i, fr)
 
         errors = 0
         for n, (a, b) in enumerate(decode_ranges(idx, set(want))):
@@ -248,7 +260,7 @@ def decode_selected(data: bytes, idx: StreamIndex, indices: list[int], *, thread
         container.close()
 
 
-def decode_sequential(data: bytes, indices: list[int]) -> dict[int, Any]:
+def decode_sequential(data: bytes, indices: list[int], on_frame=None) -> dict[int, Any]:
     """Fallback when pts cannot identify frames: decode everything, count frames in output order."""
     av = _av()
     want = set(indices)
@@ -261,7 +273,10 @@ def decode_sequential(data: bytes, indices: list[int]) -> dict[int, Any]:
         try:
             for frame in container.decode(stream):
                 if n in want:
-                    out[n] = frame
+                    if on_frame is None:
+                        out[n] = frame
+                    else:
+                        on_frame(n, frame)
                 n += 1
                 if n > last:
                     break
@@ -292,32 +307,42 @@ def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits
                             f"{limits.max_sampled_frames}")
     th, tw = vm.video_target_size(idx.height, idx.width, len(indices), options, min_pixels=d.min_pixels,
                                   max_pixels=d.max_pixels, total_pixels=d.total_pixels)
+    out = np.empty((len(indices), th, tw, 3), dtype=np.uint8)
+    positions: dict[int, list[int]] = {}
+    for k, i in enumerate(indices):
+        positions.setdefault(i, []).append(k)
+    filled: list[int] = []
+
+    def on_frame(i: int, frame) -> None:  # convert + resize as frames arrive; keep no full-size frame
+        rgb = frame.to_ndarray(format="rgb24")
+        if rgb.shape[:2] != (idx.height, idx.width):  # mid-stream size change: follow the header size
+            rgb = resize_torchvision(rgb, (idx.width, idx.height))
+        small = resize_video_frame(rgb, (tw, th), mode)
+        for k in positions[i]:
+            out[k] = small
+        filled.append(i)
+
     try:
         if idx.exact_pts:
-            frames, _sent = decode_selected(data, idx, indices)
+            decode_selected(data, idx, indices, on_frame=on_frame)
         else:
-            frames = decode_sequential(data, indices)
+            decode_sequential(data, indices, on_frame=on_frame)
     except av.error.FFmpegError as e:
         raise MediaError(f"cannot decode video: corrupt or truncated ({_fferr(e)})") from None
     finally:
         idx.packets.clear()
-    wanted = sorted(set(indices))
-    got = [i for i in wanted if i in frames]
-    if not got:
+    wanted = sorted(positions)
+    if not filled:
         raise MediaError("cannot decode any frame of the video (corrupt or truncated)")
-    if len(got) * 2 < len(wanted):
-        raise MediaError(f"video is corrupt or truncated: only {len(got)} of {len(wanted)} sampled frames "
+    if len(filled) * 2 < len(wanted):
+        raise MediaError(f"video is corrupt or truncated: only {len(filled)} of {len(wanted)} sampled frames "
                          f"could be decoded")
-    out = np.empty((len(indices), th, tw, 3), dtype=np.uint8)
-    done: dict[int, np.ndarray] = {}
-    for k, i in enumerate(indices):
-        if i not in done:
-            j = i if i in frames else min(got, key=lambda x: abs(x - i))  # damaged frame: nearest good one
-            rgb = frames[j].to_ndarray(format="rgb24")
-            if rgb.shape[:2] != (idx.height, idx.width):  # mid-stream size change: follow the header size
-                rgb = resize_torchvision(rgb, (idx.width, idx.height))
-            done[i] = resize_video_frame(rgb, (tw, th), mode)
-        out[k] = done[i]
+    got = set(filled)
+    for i in wanted:
+        if i not in got:  # a damaged frame: use the nearest good one
+            j = min(filled, key=lambda x: abs(x - i))
+            for k in positions[i]:
+                out[k] = out[positions[j][0]]
     meta = {
         "fps": sample_fps,
         "source_fps": idx.average_fps,

@@ -17,12 +17,11 @@ from pydantic import ValidationError
 
 from serve_app.app_config import AppConfig
 from serve_app.batch_io import LineError, RequestLine, line_error_record, parse_line, response_record
-from serve_app.chat import ChatPlan, plan_chat
-from serve_app.errors import EngineError, InvalidRequestError, ModelNotFoundError, ServeAppError
+from serve_app.errors import InvalidRequestError, ServeAppError
 from serve_app.prepared import PreparedPrompt, TextOnlyPrompt
 from serve_app.protocol import ChatCompletionRequest, describe_validation_error
+from serve_app.request_checks import ValidatedRequest, check_request, classify_exception  # noqa: F401
 from serve_app.responses import CompletionAccumulator
-from serve_app.sampling import sampling_kwargs
 
 
 @dataclass
@@ -37,46 +36,17 @@ class PreparedItem:
     n: int
 
 
-@dataclass(frozen=True)
-class ValidatedRequest:
-    request: ChatCompletionRequest
-    sampling: dict[str, Any]
-    plan: ChatPlan
-    top_logprobs: int | None
-
-
 def validate_body(body: dict[str, Any], config: AppConfig) -> ValidatedRequest:
-    """The online ingress's checks, in its order; raises the same :class:`ServeAppError`s."""
+    """The online ingress's checks (:func:`serve_app.request_checks.check_request`), plus the
+    batch job's own: no streaming."""
     try:
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
-    served = config.model.name
-    if req.model != served:
-        raise ModelNotFoundError(f"model '{req.model}' is not served here; this server serves '{served}'",
-                                 param="model")
-    if req.stream:
+    if req.model == config.model.name and req.stream:
         raise InvalidRequestError("stream is not supported in a batch job; remove it or set it to false",
                                   param="stream")
-    sampling = sampling_kwargs(req, config.serving)
-    plan = plan_chat(req.messages, config.media.max_items_per_request)
-    top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return ValidatedRequest(req, sampling, plan, top_logprobs)
-
-
-def classify_exception(exc: BaseException) -> ServeAppError:
-    """Anything raised while serving a request → the OpenAI error the client gets (the ingress's
-    mapping). Ray's wrapped remote errors carry the original in ``cause``."""
-    from serve_app.media.errors import MediaError
-
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and cause is not exc:
-        return classify_exception(cause)
-    if isinstance(exc, ServeAppError):
-        return exc
-    if isinstance(exc, MediaError):
-        return InvalidRequestError(str(exc))
-    return EngineError(f"internal error: {type(exc).__name__}: {exc}")
+    return check_request(req, config)
 
 
 def new_request_id() -> str:

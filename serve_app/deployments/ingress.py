@@ -21,16 +21,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.app_config import AppConfig
-from serve_app.chat import plan_chat
-from serve_app.errors import (
-    EngineError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    OverloadedError,
-    RequestTooLargeError,
-    ServeAppError,
-)
-from serve_app.media.errors import MediaError
+from serve_app.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, ServeAppError
 from serve_app.prepared import TextOnlyPrompt
 from serve_app.protocol import (
     ChatCompletionChunk,
@@ -40,8 +31,8 @@ from serve_app.protocol import (
     ModelList,
     describe_validation_error,
 )
+from serve_app.request_checks import check_request, classify_exception
 from serve_app.responses import ChunkStream, CompletionAccumulator
-from serve_app.sampling import sampling_kwargs
 
 logger = logging.getLogger("ray.serve")
 
@@ -59,18 +50,9 @@ def _error(exc: ServeAppError) -> JSONResponse:
 
 
 def _classify(exc: BaseException) -> ServeAppError:
-    """Map anything raised in the pipeline to the OpenAI error the client gets. Ray re-raises a
-    replica's exception as a RayTaskError whose ``cause`` is the original exception."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and cause is not exc:
-        return _classify(cause)
-    if isinstance(exc, ServeAppError):
-        return exc
-    if isinstance(exc, MediaError):
-        return InvalidRequestError(str(exc))
-    if isinstance(exc, BackPressureError):
+    if isinstance(exc, BackPressureError):  # raised here by the engine handle, never wrapped
         return OverloadedError("the server is overloaded; retry later")
-    return EngineError(f"internal error: {type(exc).__name__}")
+    return classify_exception(exc)
 
 
 def _openapi_with_models() -> dict[str, Any]:
@@ -144,16 +126,12 @@ class Ingress:
     async def chat_completions(self, raw: Request):
         try:
             req = await self._request(raw)
-            if req.model != self._model:
-                raise ModelNotFoundError(f"model '{req.model}' is not served here; this server serves '{self._model}'",
-                                         param="model")
-            sampling = sampling_kwargs(req, self._config.serving)
-            plan = plan_chat(req.messages, self._config.media.max_items_per_request)
+            checked = check_request(req, self._config)
         except ServeAppError as exc:
             return _error(exc)
 
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        sampling, plan, top_logprobs = checked.sampling, checked.plan, checked.top_logprobs
         if plan.media:
             prompt: Any = self._pre.prepare.remote(plan)  # DeploymentResponse: resolved in the engine replica
         else:

@@ -190,7 +190,7 @@ async def test_truncated_faststart_mp4_decodes_what_is_there_or_refuses(loader):
 async def test_one_frame_clip(loader):
     [v] = await loader.load([MediaSpec("video", uri(clip(1)), {}, WHERE)])
     assert isinstance(v, LoadedVideo) and v.frames.shape[0] == 2
-    assert v.metadata["frames_indices"] == [0, 0]
+    assert v.metadata["frames_indices"] == [0, 0] and v.sample_fps == 2.0
 
 
 async def test_video_limits():

@@ -401,7 +401,8 @@ def test_videos_match_qwen(monkeypatch, video_files, name):
             assert frames.shape == ref.shape, (name, opts)
             assert ours["frames_indices"] == meta["frames_indices"], (name, opts)
             assert ours["total_num_frames"] == meta["total_num_frames"]
-            assert math.isclose(ours["fps"], ref_fps, rel_tol=1e-9) and math.isclose(ours["source_fps"], meta["fps"])
+            assert math.isclose(ours["sample_fps"], ref_fps, rel_tol=1e-9) and math.isclose(ours["fps"], meta["fps"])
+            assert math.isclose(_transformers_sampled_fps(ours), ref_fps, rel_tol=1e-9)
             mean, p99, mx = _diff(frames, ref)
             if mode == "accurate":
                 assert mx == 0, (name, opts, mean, mx)
@@ -409,11 +410,20 @@ def test_videos_match_qwen(monkeypatch, video_files, name):
                 assert mean <= 0.5 and p99 <= 3, (name, opts, mean, p99)
 
 
+def _transformers_sampled_fps(meta):
+    """What Qwen2.5-VL's processor in transformers (as vLLM calls it) derives second_per_grid_ts from."""
+    from transformers.video_utils import VideoMetadata
+
+    keys = ("fps", "frames_indices", "total_num_frames", "duration")
+    return VideoMetadata(**{k: meta[k] for k in keys}).sampled_fps
+
+
 def test_one_frame_clip_is_used_twice():
     data = synth.encode_video(_frames(1, 160, 120), fps=30)
     frames, meta = decode_video(data, {})
     assert frames.shape[0] == 2 and np.array_equal(frames[0], frames[1])
-    assert meta["frames_indices"] == [0, 0] and meta["total_num_frames"] == 1
+    assert meta["frames_indices"] == [0, 0] and meta["sample_fps"] == 2.0
+    assert _transformers_sampled_fps(meta) == 2.0
 
 
 # ----------------------------------------------------------------------------- frame lists
@@ -435,6 +445,8 @@ async def test_frame_lists_match_qwen(tmp_path, n, opts):
         assert vid.frames.shape == ref.shape, (n, opts, mode)
         assert vid.metadata["frames_indices"] == meta["frames_indices"]
         assert vid.sample_fps == ref_fps
+        assert vid.metadata["fps"] == meta["fps"] and vid.metadata["total_num_frames"] == meta["total_num_frames"]
+        assert math.isclose(_transformers_sampled_fps(vid.metadata), ref_fps)
         mean, p99, mx = _diff(vid.frames, ref)
         assert (mx == 0) if mode != "fast" else (mean <= 0.5 and p99 <= 3), (n, opts, mode, mean, mx)
 

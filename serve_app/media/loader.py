@@ -110,13 +110,17 @@ class LoadedImage:
 @dataclass
 class LoadedVideo:
     frames: np.ndarray  # uint8 [T, H, W, 3], T even, resized
-    metadata: dict  # fps (sampling fps, what Qwen2.5-VL's processor takes as `fps`), source_fps,
-    #                 frames_indices, total_num_frames, duration, video_backend
+    # metadata: fps (the SOURCE fps, as in qwen-vl-utils' video_metadata and transformers'
+    # VideoMetadata, whose sampled_fps = len(frames_indices) / total_num_frames * fps is then the
+    # sampling fps), frames_indices, total_num_frames (in the sampled range), duration (s),
+    # sample_fps (qwen-vl-utils' `video_sample_fps`), video_backend, width, height.
+    metadata: dict
     uuid: str
 
     @property
     def sample_fps(self) -> float:
-        return float(self.metadata["fps"])
+        """Frames per second of the sampled frames (qwen-vl-utils' ``return_video_sample_fps``)."""
+        return float(self.metadata["sample_fps"])
 
 
 def _canon(options: Mapping[str, Any]) -> str:
@@ -445,8 +449,8 @@ class MediaLoader:
         out[len(fetched):] = out[len(fetched) - 1]  # pad to even with the last frame
         out.flags.writeable = False
         sample_fps = float(opts.get("sample_fps", 2.0))
-        meta = {"fps": sample_fps, "source_fps": sample_fps, "frames_indices": list(range(n)),
-                "total_num_frames": n, "duration": n / sample_fps, "video_backend": "frames"}
+        meta = {"fps": sample_fps, "frames_indices": list(range(n)), "total_num_frames": n,
+                "duration": n / sample_fps, "sample_fps": sample_fps, "video_backend": "frames"}
         result = LoadedVideo(frames=out, metadata=meta, uuid=uuid)
         self.cache.put(key, result, _nbytes(result))
         return result

@@ -343,12 +343,16 @@ def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits
             j = min(filled, key=lambda x: abs(x - i))
             for k in positions[i]:
                 out[k] = out[positions[j][0]]
+    one = idx.num_frames == 1
     meta = {
-        "fps": sample_fps,
-        "source_fps": idx.average_fps,
+        # As qwen-vl-utils' video_metadata and transformers' VideoMetadata define them: fps is the
+        # source's, so VideoMetadata.sampled_fps = len(frames_indices) / total_num_frames * fps is
+        # the sampling fps (Qwen2.5-VL's second_per_grid_ts = 2 / sampled_fps).
+        "fps": sample_fps if one else idx.average_fps,
         "frames_indices": list(indices),
-        "total_num_frames": count,
+        "total_num_frames": len(indices) if one else count,  # 1-frame clip: [0, 0] of "2" at sample fps
         "duration": idx.duration_s,
+        "sample_fps": sample_fps,
         "video_backend": "pyav",
         "width": idx.width,
         "height": idx.height,

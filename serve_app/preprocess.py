@@ -4,8 +4,6 @@ video fetched, decoded and resized. Shared by the Serve preprocessor deployment 
 
 from __future__ import annotations
 
-import numpy as np
-
 from serve_app.app_config import AppConfig
 from serve_app.chat import ChatPlan
 from serve_app.media.loader import LoadedImage, MediaLoader
@@ -25,7 +23,7 @@ class PromptPreparer:
         prepared = PreparedPrompt(prompt=prompt)
         for item in loaded:
             if isinstance(item, LoadedImage):
-                prepared.images.append(np.asarray(item.image))
+                prepared.images.append(item.array)  # the decoder's HWC uint8 array, no PIL round trip
                 prepared.image_uuids.append(item.uuid)
             else:
                 prepared.videos.append((item.frames, engine_video_metadata(item.metadata)))

@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:  # `python cluster/render.py` as well as `python -
 
 from serve_app.app_config import parse_app_config  # noqa: E402
 from serve_app.placement import engine_placement  # noqa: E402
+from serve_app.ray_env import THROUGHPUT_ENV  # noqa: E402
 
 RAY_VERSION = "2.60.0"  # the Ray of requirements/cpu.lock; the image must run the same version
 IMAGE = "registry.example.com/qwen-vl-serve:0.1.0-ray2.60.0"  # see docs/cluster.md: build and push it
@@ -162,6 +163,10 @@ _RAYSERVICE = string.Template("""\
 # pre-populated disk snapshot), mounted read-only at /models on the cpu group (tokenizer and chat
 # template for preprocessing) and the gpu group (weights). It must hold $model_path.
 #
+# Serve's high-throughput mode (serve_app/ray_env.py) is on in every container: each pod's :8000 is
+# HAProxy forwarding straight to the Ingress replicas' own HTTP servers (no Python proxy hop), and
+# replicas talk gRPC except where the app asks for object-store references (media).
+#
 # Probes: none are set here on purpose. KubeRay injects readiness/liveness probes into every Ray
 # container (raylet/GCS health) and, for RayService workers, a readiness probe on the Serve proxy
 # (http://localhost:8000/-/healthz): a pod with no Serve proxy on it stays NotReady and out of the
@@ -207,6 +212,7 @@ $serve_config_block
             - name: ray-head
               image: $image
               imagePullPolicy: IfNotPresent
+              env: $ray_env
               ports:
                 - {containerPort: 6379, name: gcs-server}
                 - {containerPort: 8265, name: dashboard}
@@ -231,6 +237,7 @@ $serve_config_block
               - name: ray-worker
                 image: $image
                 imagePullPolicy: IfNotPresent
+                env: $ray_env
                 ports:
                   - {containerPort: 8000, name: serve}
                 resources:
@@ -260,6 +267,7 @@ $serve_config_block
               - name: ray-worker
                 image: $image
                 imagePullPolicy: IfNotPresent
+                env: $ray_env
                 ports:
                   - {containerPort: 8000, name: serve}
                 resources:
@@ -279,6 +287,15 @@ $serve_config_block
 """)
 
 
+def _k8s_env() -> str:
+    """serve_app.ray_env.THROUGHPUT_ENV as a flow-style container env list."""
+    return "[" + ", ".join(f'{{name: {k}, value: "{v}"}}' for k, v in THROUGHPUT_ENV.items()) + "]"
+
+
+def _shell_env() -> str:
+    return " ".join(f"{k}={v}" for k, v in THROUGHPUT_ENV.items())
+
+
 def render_rayservice(v: Variant) -> str:
     s = sizing(v.serve_config)
     g = gpu_group_numbers(s, v.gpu_pod)
@@ -295,6 +312,7 @@ def render_rayservice(v: Variant) -> str:
         cpu_min=c["min"], cpu_max=c["max"], cpu_pod_cpu=CPU_POD["cpu"], cpu_pod_memory=CPU_POD["memory"],
         head_cpu=HEAD_POD["cpu"], head_memory=HEAD_POD["memory"],
         cpu_idle=CPU_GROUP_IDLE_S, gpu_idle=GPU_GROUP_IDLE_S, autoscaler_idle=AUTOSCALER_IDLE_S,
+        ray_env=_k8s_env(),
     )
 
 
@@ -378,11 +396,11 @@ setup_commands: []
 
 head_start_ray_commands:
   - ray stop
-  - ulimit -n 65536; ray start --head --port=6379 --num-cpus=0 --dashboard-host=0.0.0.0 --disable-usage-stats --autoscaling-config=~/ray_bootstrap_config.yaml
+  - ulimit -n 65536; export $ray_env; ray start --head --port=6379 --num-cpus=0 --dashboard-host=0.0.0.0 --disable-usage-stats --autoscaling-config=~/ray_bootstrap_config.yaml
 
 worker_start_ray_commands:
   - ray stop
-  - ulimit -n 65536; ray start --address=$$RAY_HEAD_IP:6379 --disable-usage-stats
+  - ulimit -n 65536; export $ray_env; ray start --address=$$RAY_HEAD_IP:6379 --disable-usage-stats
 """)
 
 
@@ -397,7 +415,7 @@ def render_launcher() -> str:
         cpu_min=c["min"], cpu_max=c["max"], cpu_pod_cpu=CPU_POD["cpu"],
         gpu_min=g["min"], gpu_max=g["max"], gpu_ray_cpus=int(g["ray_cpus"]), gpus=pod.gpus,
         engines_per_pod=g["engines_per_pod"], world_size=s.world_size, strategy=s.engine_strategy,
-        bundles=_bundles(s.engine_bundles),
+        bundles=_bundles(s.engine_bundles), ray_env=_shell_env(),
     )
 
 

@@ -102,10 +102,10 @@ class ServingSection(_Strict):
     max_top_logprobs: int = Field(20, ge=0, le=20)
     stream_interval_ms: float = Field(
         50.0, ge=0, le=1000,
-        description="Streaming: after sending a chunk, wait this long before the next one; tokens made "
-        "meanwhile are merged by vLLM into one chunk. Cuts per-token messages through Serve "
-        "(engine → ingress → proxy) at high concurrency; the first token is never delayed. 0: a "
-        "chunk per engine step.",
+        description="Streaming: at most one chunk per request per this many ms; tokens made in between "
+        "are merged into the next chunk. Cuts per-token messages through Serve (engine → ingress → "
+        "proxy) at high concurrency; the first and the last chunk are never delayed. 0: a chunk per "
+        "engine step.",
     )
     max_request_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest accepted HTTP request body (data URIs included)."

@@ -3,7 +3,6 @@ batch job, so both build the engine and sample exactly the same way. Imports vLL
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from serve_app.outputs import delta_from_output
 from serve_app.placement import engine_placement
 from serve_app.prepared import PreparedPrompt, TextOnlyPrompt
 from serve_app.prompting import chat_renderer
+from serve_app.stream_pacing import paced
 
 logger = logging.getLogger("serve_app.engine")
 
@@ -107,18 +107,22 @@ class EngineRuntime:
             vllm_prompt = prompt.vllm_prompt()
         params = self.sampling_params(sampling, stream)
         produced = False
-        pace = self._stream_interval_s if stream else 0.0
-        try:
-            # AsyncLLM.generate aborts the request itself when this generator is cancelled
-            # (the client went away and Serve cancelled the replica-side generator).
+
+        async def deltas() -> AsyncIterator[dict[str, Any]]:
+            nonlocal produced
+            # AsyncLLM.generate aborts the request itself when this generator is closed or
+            # cancelled (the client went away and Serve cancelled the replica-side generator).
             async for out in self.engine.generate(vllm_prompt, params, request_id):
                 produced = True
                 yield delta_from_output(out, top_logprobs=top_logprobs)
-                if pace and not out.finished:
-                    # vLLM's per-request collector merges DELTA outputs that arrive while we
-                    # wait, so the next chunk carries every token made meanwhile: one Serve
-                    # message per interval instead of one per token.
-                    await asyncio.sleep(pace)
+
+        source = deltas()
+        # Streams are paced (serve_app.stream_pacing): one Serve message per interval per request
+        # instead of one per token; the first and the last delta are never delayed.
+        merged = paced(source, self._stream_interval_s if stream else 0.0)
+        try:
+            async for delta in merged:
+                yield delta
         except Exception as exc:  # noqa: BLE001
             # vLLM wraps input-processing failures in EngineGenerateError; the cause says what.
             cause = exc.__cause__ if type(exc).__name__ == "EngineGenerateError" and exc.__cause__ else exc
@@ -128,6 +132,9 @@ class EngineRuntime:
                 raise InvalidRequestError(str(cause)) from None
             logger.error("request %s failed in the engine", request_id, exc_info=cause)
             raise EngineError(f"engine failure: {type(cause).__name__}: {cause}") from None
+        finally:
+            await merged.aclose()
+            await source.aclose()  # on cancellation too: closing vLLM's generator aborts the request
 
     def stats(self) -> dict[str, int]:
         return {"unfinished_requests": int(self.engine.get_num_unfinished_requests())}

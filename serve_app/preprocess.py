@@ -17,6 +17,10 @@ class PromptPreparer:
         self._render = load_chat_renderer(resolve_model_path(config.model))
         self._loader = MediaLoader(config.media)
 
+    def warmup(self) -> None:
+        """Import the decoders now (seconds) so the first media request does not pay for it."""
+        self._loader.warmup()
+
     async def prepare(self, plan: ChatPlan) -> PreparedPrompt:
         prompt = self._render(plan.template_messages)
         loaded = await self._loader.load(plan.media)  # decode work runs in the loader's threads

@@ -135,9 +135,11 @@ def media_root(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp("media")
 
 
-def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: dict | None = None):
+def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: dict | None = None,
+                 extra_env: dict[str, str] | None = None):
     """`serve run` of configs/local.yaml with overrides, on a free loopback port; a generator
-    for fixtures (stops the server afterwards)."""
+    for fixtures (stops the server afterwards). ``extra_env``: for `serve run` and the local Ray it
+    starts (every Ray process inherits it)."""
     if shutil.which("serve", path=str(pathlib.Path(sys.executable).parent)) is None:
         pytest.skip("serve CLI not installed")
     work = tmp_path_factory.mktemp("serve")
@@ -146,7 +148,7 @@ def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: 
     logs.mkdir(parents=True, exist_ok=True)
     config = write_local_config(work / "serve.yaml", port, args_overrides, deployments_overrides)
     # RAY_ADDRESS="local": always a fresh Ray instance, never some cluster already running here.
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local", **(extra_env or {}))
     proc = ServeProcess(config, logs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env)
     try:
         proc.wait_ready("qwen2.5-vl-tiny")
@@ -155,12 +157,23 @@ def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: 
         proc.stop()
 
 
+def throughput_env() -> dict[str, str]:
+    """Production's Ray environment (serve_app/ray_env.py: HAProxy ingress, Serve's throughput mode),
+    with HAProxy's stats/metrics listeners on free ports instead of the fixed 8404/9101."""
+    from serve_app.ray_env import THROUGHPUT_ENV
+
+    return dict(THROUGHPUT_ENV, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+                RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, media_root, tiny_model_dir):
-    """The embedded default (with a local media root and small engine queue limits)."""
+    """The embedded default (with a local media root and small engine queue limits), in the Ray
+    environment production runs with (HAProxy in front of the ingress replicas)."""
     yield from start_served(
         tmp_path_factory,
         {"media": {"allowed_local_roots": [str(media_root)]}},
         # Small queue so the overload test can fill it; 16 ongoing still admits the concurrency test.
         {"Engine": {"max_ongoing_requests": 16, "max_queued_requests": 8}},
+        extra_env=throughput_env(),
     )

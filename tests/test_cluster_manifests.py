@@ -256,3 +256,20 @@ def test_launcher_has_the_same_node_types():
     assert (types["cpu"]["min_workers"], types["cpu"]["max_workers"]) == (cpu_rs["minReplicas"], cpu_rs["maxReplicas"])
     assert cfg["docker"]["image"] == render.IMAGE
     assert any("/models" in o and o.endswith(":ro") for o in cfg["docker"]["run_options"])
+
+
+@pytest.mark.parametrize("path", RAYSERVICES, ids=lambda p: p.name)
+def test_every_ray_container_runs_serve_in_throughput_mode(path):
+    from serve_app.ray_env import THROUGHPUT_ENV
+
+    for c in containers(load(path)):
+        env = {e["name"]: e["value"] for e in c.get("env", [])}
+        assert {k: env.get(k) for k in THROUGHPUT_ENV} == THROUGHPUT_ENV, c["name"]
+
+
+def test_launcher_starts_every_node_in_throughput_mode():
+    from serve_app.ray_env import THROUGHPUT_ENV
+
+    doc = load(ROOT / "cluster" / "ray-cluster-aws.yaml")
+    for cmd in doc["head_start_ray_commands"][1:] + doc["worker_start_ray_commands"][1:]:
+        assert all(f"{k}={v}" in cmd.split("; ray start")[0] for k, v in THROUGHPUT_ENV.items()), cmd

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_app.ray_env import THROUGHPUT_ENV
+
 from . import coldstart, report, workloads
 from .servers import (BenchSettings, ServerProcess, StaticServer, base_env, free_port, gpu_info, serve_command,
                       serve_config, shared_engine_kwargs, vllm_command, wait_gpu_free)
@@ -75,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--enforce-eager", action="store_true", help="no torch.compile / CUDA graphs (both servers)")
     ap.add_argument("--engine-arg", action="append", default=[], metavar="KEY=JSON",
                     help="extra vLLM engine argument for both servers, e.g. max_num_seqs=256 (repeatable)")
+    ap.add_argument("--serve-mode", default="throughput", choices=["throughput", "classic"],
+                    help="throughput: the app runs with serve_app.ray_env.THROUGHPUT_ENV as production does "
+                         "(HAProxy ingress, Serve's throughput-optimized mode); classic: Serve's defaults "
+                         "(Python proxy actor)")
+    ap.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment variable for the app only (serve run, its Ray processes and replicas), "
+                         "e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 (repeatable)")
     ap.add_argument("--compile-cache", default="fresh", choices=["fresh", "reuse", "shared"],
                     help="fresh: each launch compiles from scratch (cold start as a new machine sees it); "
                          "reuse: the newest cache an earlier launch in WORKDIR left (a warm restart); "
@@ -122,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except json.JSONDecodeError:
             extra[k.strip()] = v
     args.extra_engine_kwargs = extra
+    args.app_env_vars = {}
+    for item in args.app_env:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            ap.error(f"--app-env {item!r}: expected KEY=VALUE")
+        args.app_env_vars[k.strip()] = v
     return args
 
 
@@ -370,6 +385,11 @@ def phase_load(args, server: str) -> dict[str, Any]:
         else:
             import yaml
 
+            if args.serve_mode == "throughput":
+                # HAProxy's stats and metrics listeners default to fixed ports (8404, 9101)
+                env = dict(env, **THROUGHPUT_ENV, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+                           RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+            env = dict(env, **args.app_env_vars)
             cfg = serve_config(settings, port, env)
             cfg_path = args.workdir / f"serve-config-{stamp}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -81,8 +81,13 @@ app.openapi = _openapi_with_models  # type: ignore[method-assign]
 @serve.ingress(app)
 class Ingress:
     def __init__(self, preprocessor: DeploymentHandle, engine: DeploymentHandle, config: AppConfig) -> None:
-        self._pre = preprocessor
-        self._engine = engine
+        # By reference, always: the preprocessor's DeploymentResponse then reaches the engine
+        # replica as an object-store reference, so pixels never pass through this replica. (With
+        # RAY_SERVE_THROUGHPUT_OPTIMIZED Serve's default turns to by-value gRPC, which would
+        # resolve the prepared media here and send it on.)
+        self._pre = preprocessor.options(_by_reference=True)
+        self._engine = engine.options(_by_reference=True)
+        self._engine_stream = engine.options(_by_reference=True, stream=True)
         self._config = config
         self._model = config.model.name
         self._created = int(time.time())
@@ -136,7 +141,7 @@ class Ingress:
             prompt: Any = self._pre.prepare.remote(plan)  # DeploymentResponse: resolved in the engine replica
         else:
             prompt = TextOnlyPrompt(plan.template_messages)
-        gen = self._engine.options(stream=True).generate.remote(
+        gen = self._engine_stream.generate.remote(
             prompt, sampling, request_id, req.stream, top_logprobs
         )
         if req.stream:

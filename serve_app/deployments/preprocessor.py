@@ -19,6 +19,7 @@ from serve_app.preprocess import PromptPreparer
 class Preprocessor:
     def __init__(self, config: AppConfig) -> None:
         self._preparer = PromptPreparer(config)
+        self._preparer.warmup()
 
     async def prepare(self, plan: ChatPlan) -> PreparedPrompt:
         return await self._preparer.prepare(plan)

@@ -4,12 +4,16 @@ video fetched, decoded and resized. Shared by the Serve preprocessor deployment 
 
 from __future__ import annotations
 
+import logging
+
 from serve_app.app_config import AppConfig
 from serve_app.chat import ChatPlan
 from serve_app.media.loader import LoadedImage, MediaLoader
 from serve_app.model_source import resolve_model_path
 from serve_app.prepared import PreparedPrompt, engine_video_metadata
 from serve_app.prompting import load_chat_renderer
+
+logger = logging.getLogger("serve_app.preprocess")
 
 
 class PromptPreparer:
@@ -18,8 +22,12 @@ class PromptPreparer:
         self._loader = MediaLoader(config.media)
 
     def warmup(self) -> None:
-        """Import the decoders now (seconds) so the first media request does not pay for it."""
-        self._loader.warmup()
+        """Import the decoders now (seconds) so the first media request does not pay for it. Best
+        effort: a decoder that is missing fails the requests that need it, not the replica."""
+        try:
+            self._loader.warmup()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("media decoder warm-up failed (the first request will retry): %r", exc)
 
     async def prepare(self, plan: ChatPlan) -> PreparedPrompt:
         prompt = self._render(plan.template_messages)

@@ -120,6 +120,22 @@ def test_preprocessor_uses_the_shared_prompt_preparer(tiny_model_dir):
     assert rec["response"]["status_code"] == 400 and "messages[0].content[0]" in rec["response"]["body"]["error"]["message"]
 
 
+def test_prompt_preparer_warmup_is_best_effort(tiny_model_dir, caplog):
+    """A decoder that cannot be imported (simplejpeg was missing on the GPU machine) must not stop
+    a Preprocessor replica from starting: only the requests that need it fail."""
+    from serve_app.preprocess import PromptPreparer
+
+    prep = PromptPreparer(config())
+
+    def broken():
+        raise ModuleNotFoundError("No module named 'simplejpeg'")
+
+    prep._loader.warmup = broken
+    with caplog.at_level("WARNING", logger="serve_app.preprocess"):
+        prep.warmup()
+    assert "simplejpeg" in caplog.text
+
+
 # ----------------------------------------------------------------------------- engine step
 class FakeEngine:
     def __init__(self, fail=None, healthy=True):

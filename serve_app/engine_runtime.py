@@ -21,6 +21,13 @@ from serve_app.stream_pacing import paced
 logger = logging.getLogger("serve_app.engine")
 
 
+def is_client_error(exc: BaseException) -> bool:
+    """Whether vLLM refused the request itself: ``ValueError`` (how vLLM <= 0.2x validates inputs)
+    or a ``VLLMClientError`` (vLLM's 4xx family in newer versions, e.g. ``VLLMValidationError`` for a
+    prompt over the context length; not a ValueError there). Matched by name: no vLLM import."""
+    return isinstance(exc, ValueError) or any(c.__name__ == "VLLMClientError" for c in type(exc).__mro__)
+
+
 class EngineRuntime:
     def __init__(self, config: AppConfig, placement_group: Any = None) -> None:
         """``placement_group``: the group whose bundles vLLM's Ray workers take (TP×PP > 1);
@@ -126,8 +133,8 @@ class EngineRuntime:
         except Exception as exc:  # noqa: BLE001
             # vLLM wraps input-processing failures in EngineGenerateError; the cause says what.
             cause = exc.__cause__ if type(exc).__name__ == "EngineGenerateError" and exc.__cause__ else exc
-            if not produced and isinstance(cause, ValueError):
-                # vLLM validates inputs (prompt longer than max_model_len, ...) with ValueError.
+            if not produced and is_client_error(cause):
+                # vLLM's verdict on the request itself (prompt longer than max_model_len, ...).
                 logger.warning("request %s rejected by the engine: %r", request_id, cause, exc_info=cause)
                 raise InvalidRequestError(str(cause)) from None
             logger.error("request %s failed in the engine", request_id, exc_info=cause)

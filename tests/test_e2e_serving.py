@@ -263,6 +263,8 @@ def _post(served, body, **kw):
     ({"model": MODEL, "messages": [{"role": "user", "content": [
         {"type": "image", "image": "/etc/passwd"}]}]}, 400, "messages[0].content[0]"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, "max"),
+    # Bigger than a replica gRPC message (4 MiB): still the engine's own 400, not a transport error.
+    ({"model": MODEL, "messages": [{"role": "user", "content": "ab " * (1_700_000)}]}, 400, "maximum"),
 ])
 def test_bad_requests_get_openai_shaped_4xx(served, body, status, needle):
     r = _post(served, body)

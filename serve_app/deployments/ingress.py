@@ -43,6 +43,7 @@ app = FastAPI(
 )
 
 _ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 500, 503)}
+_BY_VALUE_MAX_BYTES = 1 << 20  # text-only requests up to this body size go to the engine over gRPC
 
 
 def _error(exc: ServeAppError) -> JSONResponse:
@@ -81,19 +82,21 @@ app.openapi = _openapi_with_models  # type: ignore[method-assign]
 @serve.ingress(app)
 class Ingress:
     def __init__(self, preprocessor: DeploymentHandle, engine: DeploymentHandle, config: AppConfig) -> None:
-        # By reference, always: the preprocessor's DeploymentResponse then reaches the engine
-        # replica as an object-store reference, so pixels never pass through this replica. (With
-        # RAY_SERVE_THROUGHPUT_OPTIMIZED Serve's default turns to by-value gRPC, which would
-        # resolve the prepared media here and send it on.)
+        # Media requests go by reference: the preprocessor's DeploymentResponse then reaches the
+        # engine replica as an object-store reference, so pixels never pass through this replica.
+        # (By value, which is Serve's default under RAY_SERVE_THROUGHPUT_OPTIMIZED, would resolve
+        # the prepared media here and send it on.) Text-only requests up to _BY_VALUE_MAX_BYTES go
+        # by value (gRPC): a streamed call that way measured 1.5-3 ms faster than a Ray actor call.
         self._pre = preprocessor.options(_by_reference=True)
         self._engine = engine.options(_by_reference=True)
         self._engine_stream = engine.options(_by_reference=True, stream=True)
+        self._engine_stream_text = engine.options(_by_reference=False, stream=True)
         self._config = config
         self._model = config.model.name
         self._created = int(time.time())
         self._max_model_len: int | None = None
 
-    async def _request(self, raw: Request) -> ChatCompletionRequest:
+    async def _request(self, raw: Request) -> tuple[ChatCompletionRequest, int]:
         limit = self._config.serving.max_request_bytes
         declared = raw.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -104,7 +107,7 @@ class Ingress:
             if len(body) > limit:
                 raise RequestTooLargeError(f"request body exceeds {limit} bytes")
         try:
-            return ChatCompletionRequest.model_validate_json(bytes(body))
+            return ChatCompletionRequest.model_validate_json(bytes(body)), len(body)
         except ValidationError as exc:
             raise InvalidRequestError(describe_validation_error(exc)) from None
 
@@ -130,7 +133,7 @@ class Ingress:
     )
     async def chat_completions(self, raw: Request):
         try:
-            req = await self._request(raw)
+            req, body_bytes = await self._request(raw)
             checked = check_request(req, self._config)
         except ServeAppError as exc:
             return _error(exc)
@@ -139,11 +142,13 @@ class Ingress:
         sampling, plan, top_logprobs = checked.sampling, checked.plan, checked.top_logprobs
         if plan.media:
             prompt: Any = self._pre.prepare.remote(plan)  # DeploymentResponse: resolved in the engine replica
+            engine = self._engine_stream
         else:
             prompt = TextOnlyPrompt(plan.template_messages)
-        gen = self._engine_stream.generate.remote(
-            prompt, sampling, request_id, req.stream, top_logprobs
-        )
+            # Replica gRPC messages are capped at 4 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH):
+            # a huge text prompt goes by reference, so it still gets vLLM's 400, not a transport 500.
+            engine = self._engine_stream_text if body_bytes <= _BY_VALUE_MAX_BYTES else self._engine_stream
+        gen = engine.generate.remote(prompt, sampling, request_id, req.stream, top_logprobs)
         if req.stream:
             return await self._stream(gen, req, request_id, top_logprobs)
         acc = CompletionAccumulator(req.n, want_logprobs=top_logprobs is not None)

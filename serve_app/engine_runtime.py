@@ -22,7 +22,7 @@ logger = logging.getLogger("serve_app.engine")
 
 
 def is_client_error(exc: BaseException) -> bool:
-    """Whether vLLM refused the request itself: ``ValueError`` (how vLLM <= 0.2x validates inputs)
+    """Whether vLLM refused the request itself: ``ValueError`` (vLLM 0.26's input validation)
     or a ``VLLMClientError`` (vLLM's 4xx family in newer versions, e.g. ``VLLMValidationError`` for a
     prompt over the context length; not a ValueError there). Matched by name: no vLLM import."""
     return isinstance(exc, ValueError) or any(c.__name__ == "VLLMClientError" for c in type(exc).__mro__)

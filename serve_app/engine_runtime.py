@@ -15,7 +15,7 @@ from serve_app.model_source import resolve_model_path
 from serve_app.outputs import delta_from_output
 from serve_app.placement import engine_placement
 from serve_app.prepared import PreparedPrompt, TextOnlyPrompt
-from serve_app.prompting import chat_renderer
+from serve_app.prompting import load_chat_renderer
 from serve_app.stream_pacing import paced
 
 logger = logging.getLogger("serve_app.engine")
@@ -70,14 +70,11 @@ class EngineRuntime:
             enable_log_requests=False,
             disable_log_stats=False,
         )
-        self.model_path = model_path
         self._stream_interval_s = config.serving.stream_interval_ms / 1000.0
         self.max_model_len = vllm_config.model_config.max_model_len
         # The defaults `vllm serve` applies from generation_config.json (temperature, top_p, ...).
         self.default_sampling = dict(vllm_config.model_config.get_diff_sampling_param() or {})
-        from transformers import AutoTokenizer
-
-        self._render = chat_renderer(AutoTokenizer.from_pretrained(model_path))
+        self._render = load_chat_renderer(model_path)
         logger.info("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
                     config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
 

@@ -232,7 +232,11 @@ def env_audit(marker: str, names: list[str]) -> list[dict[str, Any]]:
         except OSError:
             continue
         env = dict(e.decode(errors="replace").split("=", 1) for e in entries if b"=" in e)
-        out.append({"pid": int(d.name), "comm": comm, "cmd": cmd[:160], **{n: env.get(n) for n in names}})
+        # setproctitle (vLLM's "VLLM::EngineCore", "VLLM::Worker_TP0") writes the new title over the
+        # memory /proc/PID/environ is read from: there a missing variable proves nothing.
+        rewritten = "python" not in cmd.split(" ")[0] and not cmd.startswith("ray::")
+        out.append({"pid": int(d.name), "comm": comm, "cmd": cmd[:160], "environ_unreliable": rewritten,
+                    **{n: env.get(n) for n in names}})
     return out
 
 

@@ -42,6 +42,21 @@ def test_chained_tracebacks_give_the_root_and_prefixes_are_stripped():
         "safetensors_rust.SafetensorError: Error while deserializing header: invalid JSON"
 
 
+MP_WORKER_LOGGED = """\
+\x1b[36m(ServeReplica:qwen-vl:Engine pid=1023)\x1b[0m (Worker_TP1 pid=2143) ERROR 11-29 22:07:38 [multiproc_executor.py:953] Traceback (most recent call last):
+\x1b[36m(ServeReplica:qwen-vl:Engine pid=1023)\x1b[0m (Worker_TP1 pid=2143) ERROR 11-29 22:07:38 [multiproc_executor.py:953]   File "loader.py", line 3, in load
+\x1b[36m(ServeReplica:qwen-vl:Engine pid=1023)\x1b[0m (Worker_TP1 pid=2143) ERROR 11-29 22:07:38 [multiproc_executor.py:953] safetensors._safetensors_rust.SafetensorError: Error while deserializing header: incomplete metadata
+(EngineCore pid=1741) ERROR 11-29 22:07:47 [core.py:1510] Traceback (most recent call last):
+(EngineCore pid=1741) ERROR 11-29 22:07:47 [core.py:1510]   File "core.py", line 1, in run
+(EngineCore pid=1741) ERROR 11-29 22:07:47 [core.py:1510] Exception: WorkerProc initialization failed due to an exception in a background process. See stack trace for root cause.
+"""
+
+
+def test_tracebacks_logged_line_by_line_through_vllms_logger():
+    assert root_cause(MP_WORKER_LOGGED) == \
+        "safetensors._safetensors_rust.SafetensorError: Error while deserializing header: incomplete metadata"
+
+
 def test_no_traceback_no_cause():
     assert root_cause("INFO all good\nERROR something without a traceback\nValueError: not in a traceback\n") is None
     assert root_cause("Traceback (most recent call last):\n  File x\nRuntimeError: Engine core initialization "

@@ -34,8 +34,9 @@ from serve_app.ray_env import THROUGHPUT_ENV
 from . import coldstart, report, workloads
 from serve_app.engine.parallel_env import FLASHINFER_BACKEND_VAR, MULTICAST_OFF, RAY_COPY_VAR
 
-from .servers import (BenchSettings, ServerProcess, StaticServer, base_env, env_audit, free_port, gpu_info,
-                      serve_command, serve_config, shared_engine_kwargs, vllm_command, wait_gpu_free)
+from .servers import (ENGINE_REPLICA_STARTED, BenchSettings, ServerProcess, StaticServer, base_env, env_audit,
+                      free_port, gpu_info, serve_command, serve_config, serve_status, shared_engine_kwargs,
+                      vllm_command, wait_engine_given_up, wait_gpu_free)
 
 PHASES = ("build", "bw", "vllm", "app", "fail", "report")
 STOP_RESERVE_S = 45.0  # kept at the end of a load phase for stopping the server and writing results
@@ -500,27 +501,16 @@ def phase_fail(args) -> dict[str, Any]:
                          f"http://127.0.0.1:{port}")
     result: dict[str, Any] = {"phase": "fail", "tag": args.tag, "date": _now(), "model_dir": settings.model_dir,
                               "tensor_parallel_size": settings.tensor_parallel_size, "serve_config": cfg}
-    gave_up = re.compile(r"Failed to update the deployments \['Engine'\]|Engine.*DEPLOY_FAILED")
-    text = ""
     try:
-        deadline = proc.t0 + args.ready_timeout
-        while time.monotonic() < deadline and proc.proc.poll() is None:
-            text = log_path.read_text(errors="replace")
-            if gave_up.search(text):
-                result["seconds_to_failed"] = round(time.monotonic() - proc.t0, 1)
-                break
-            time.sleep(1)
-        dash = re.search(r"dashboard at \S*?http://127\.0\.0\.1:(\d+)", text)
-        if dash:  # Serve's own view (the CLI carries the dashboard's auth token; plain HTTP gets a 401)
-            st = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "status", "-a",
-                                 f"http://127.0.0.1:{dash.group(1)}"], capture_output=True, text=True, timeout=60)
-            result["serve_status"] = st.stdout[-4000:] or st.stderr[-2000:]
+        gave_up_s = wait_engine_given_up(log_path, proc.proc, args.ready_timeout)
+        result["seconds_to_failed"] = None if gave_up_s is None else round(gave_up_s, 1)
+        result["serve_status"] = serve_status(log_path.read_text(errors="replace"))
     finally:
         result["stop"] = proc.stop()
     text = log_path.read_text(errors="replace")
     causes = re.findall(r"(?:vLLM engine failed to start: .*|AwqShapeError: .*)", text)
     result["cause_lines"] = sorted(set(c[:400] for c in causes))
-    result["engine_replicas_started"] = len(re.findall(r"Adding 1 replica to Deployment\(name='Engine'", text))
+    result["engine_replicas_started"] = len(ENGINE_REPLICA_STARTED.findall(text))
     _save_json(args.out / f"{name_}.json", result)
     _copy_to_out(args, log_path, f"{name_}-server.log")
     _log(f"fail phase: {json.dumps({k: v for k, v in result.items() if k != 'serve_config'})[:3000]}")

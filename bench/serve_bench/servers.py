@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -238,6 +239,42 @@ def env_audit(marker: str, names: list[str]) -> list[dict[str, Any]]:
         out.append({"pid": int(d.name), "comm": comm, "cmd": cmd[:160], "environ_unreliable": rewritten,
                     **{n: env.get(n) for n in names}})
     return out
+
+
+ENGINE_GAVE_UP = re.compile(r"Failed to update the deployments \['Engine'\]")
+ENGINE_REPLICA_STARTED = re.compile(r"Adding 1 replica to Deployment\(name='Engine'")
+
+
+def wait_engine_given_up(log_path: Path, proc: subprocess.Popen, timeout: float) -> float | None:
+    """Seconds until Serve's controller gives the Engine deployment up (DEPLOY_FAILED), as the log of
+    `serve run` shows it; None if that did not happen within ``timeout`` or the process exited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout and proc.poll() is None:
+        if ENGINE_GAVE_UP.search(log_path.read_text(errors="replace")):
+            return time.monotonic() - t0
+        time.sleep(1)
+    return None
+
+
+def serve_status(log_text: str, timeout: float = 60) -> dict[str, Any] | None:
+    """`serve status` of the local Ray instance that `serve run` started (its dashboard URL is in
+    the log), through the CLI, which sends the dashboard's auth token (plain HTTP gets a 401)."""
+    import yaml
+
+    m = re.search(r"dashboard at \S*?http://127\.0\.0\.1:(\d+)", log_text)
+    if m is None:
+        return None
+    env = dict(os.environ)
+    # A local Ray instance turns token authentication on and keeps the token in ~/.ray/auth_token;
+    # the CLI only sends it when told that the mode is "token".
+    if "RAY_AUTH_MODE" not in env and (Path.home() / ".ray" / "auth_token").exists():
+        env["RAY_AUTH_MODE"] = "token"
+    out = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "status", "-a", f"http://127.0.0.1:{m.group(1)}"],
+                         capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        return yaml.safe_load(out.stdout) or None
+    except yaml.YAMLError:
+        return {"unparsed": out.stdout[-4000:] or out.stderr[-2000:]}
 
 
 class ServerProcess:

@@ -14,9 +14,13 @@ import os
 import re
 import stat
 
-# vLLM and Ray prefix lines from child processes: "(EngineCore_DP0 pid=12) ", "(RayWorkerWrapper
-# pid=34, ip=10.0.0.1) ", "(Worker_TP1 pid=56) ".
-_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*\((?:[^()]*?)pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)*\s?")
+# vLLM and Ray prefix lines from child processes ("(EngineCore_DP0 pid=12) ", "(RayWorkerWrapper
+# pid=34, ip=10.0.0.1) ", "(Worker_TP1 pid=56) "), and vLLM logs a worker's traceback line by line
+# through its logger ("ERROR 11-29 22:07:38 [multiproc_executor.py:953] ").
+_PREFIXES = (
+    re.compile(r"^(?:\x1b\[[0-9;]*m)*\((?:[^()]*?)pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)*\s?"),
+    re.compile(r"^(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \[[^\]]*\] "),
+)
 # "module.Error: text" / "Error" / "torch.AcceleratorError: CUDA error: ..." at column 0.
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure|Fault))(?::\s*(.*))?$")
 # Wrappers that only say that something else failed.
@@ -37,7 +41,15 @@ MAX_LOG_BYTES = 4 << 20
 
 
 def _strip(line: str) -> str:
-    return _PREFIX.sub("", line.rstrip("\r\n"))
+    line = line.rstrip("\r\n")
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            shorter = prefix.sub("", line, count=1)
+            if shorter != line:
+                line, stripped = shorter, True
+    return line
 
 
 def root_cause(log_text: str) -> str | None:

@@ -87,7 +87,7 @@ def test_startup_log_reads_only_what_was_written_after_it_opened(tmp_path):
 
 
 def test_without_a_log_the_innermost_exception_is_the_cause():
-    probe = StartupLog(fd=10**6)  # not open: no file to read
+    probe = StartupLog(fds=(10**6,))  # not open: no file to read
     try:
         try:
             raise FileNotFoundError("config.json missing")
@@ -95,3 +95,24 @@ def test_without_a_log_the_innermost_exception_is_the_cause():
             raise RuntimeError("wrapper") from inner
     except RuntimeError as exc:
         assert probe.failure_message(exc) == "vLLM engine failed to start: FileNotFoundError: config.json missing"
+
+
+def test_startup_log_reads_stdout_too(tmp_path):
+    # vLLM's logger writes to stdout: a worker's traceback logged there is found as well.
+    code = (
+        "import sys, subprocess\n"
+        "from serve_app.engine.startup import StartupLog\n"
+        "probe = StartupLog()\n"
+        "subprocess.run([sys.executable, '-c', 'import logging, sys; logging.basicConfig(stream=sys.stdout); "
+        "log = logging.getLogger(\"w\")\\ntry:\\n    open(\"/nonexistent/model.safetensors\")\\n"
+        "except OSError:\\n    log.exception(\"worker failed\")'])\n"
+        "try:\n"
+        "    raise RuntimeError('Engine core initialization failed. See root cause above.')\n"
+        "except RuntimeError as exc:\n"
+        "    sys.stderr.write(probe.failure_message(exc))\n"
+    )
+    with open(tmp_path / "worker.out", "wb") as out, open(tmp_path / "worker.err", "wb") as err:
+        subprocess.run([sys.executable, "-c", code], stdout=out, stderr=err, cwd=os.getcwd(), check=True)
+    assert (tmp_path / "worker.err").read_text() == \
+        "vLLM engine failed to start: FileNotFoundError: [Errno 2] No such file or directory: " \
+        "'/nonexistent/model.safetensors'"

@@ -2,8 +2,8 @@
 
 vLLM runs its engine core (and, with several devices, its workers) in other processes. When one of
 them dies while starting, the replica only sees "Engine core initialization failed. See root cause
-above": the cause is a traceback those processes printed to the stderr they share with the
-replica. :class:`StartupLog` remembers where that stderr stood before the start, and
+above": the cause is a traceback those processes printed to the stdout/stderr they share with the
+replica. :class:`StartupLog` remembers where those files stood before the start, and
 :func:`root_cause` reads the first real exception printed after it, so the replica can fail with
 the cause itself (shown by ``serve status``) instead of a pointer to a log.
 """
@@ -89,32 +89,34 @@ def describe(exc: BaseException) -> str:
 
 
 class StartupLog:
-    """The replica's stderr file (Ray writes each worker's stderr to a file) and its size now."""
+    """The replica's stdout and stderr files (Ray writes each worker's streams to files; vLLM logs to
+    stdout, tracebacks printed outside its logger go to stderr) and their sizes now."""
 
-    def __init__(self, fd: int = 2) -> None:
-        self.path: str | None = None
-        self.offset = 0
-        try:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-            st = os.stat(path)
-        except OSError:
-            return
-        if stat.S_ISREG(st.st_mode):
-            self.path, self.offset = path, st.st_size
+    def __init__(self, fds: tuple[int, ...] = (1, 2)) -> None:
+        self.files: dict[str, int] = {}
+        for fd in fds:
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+                st = os.stat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                self.files.setdefault(path, st.st_size)
 
     def text_since_start(self) -> str:
-        if self.path is None:
-            return ""
-        try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                f.seek(max(self.offset, size - MAX_LOG_BYTES))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        parts = []
+        for path, offset in self.files.items():
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    f.seek(max(offset, size - MAX_LOG_BYTES))
+                    parts.append(f.read().decode(errors="replace"))
+            except OSError:
+                continue
+        return "\n".join(parts)
 
     def failure_message(self, exc: BaseException) -> str:
-        """One line: the root cause from the log if a child process printed one, else the
+        """One line: the root cause from the logs if a child process printed one, else the
         innermost exception of ``exc``'s chain."""
         cause = root_cause(self.text_since_start()) or describe(innermost(exc))
         return f"vLLM engine failed to start: {cause}"

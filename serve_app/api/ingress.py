@@ -17,11 +17,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.app_config import AppConfig
-from serve_app.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, ServeAppError
+from serve_app.errors import (
+    InvalidRequestError,
+    RequestTooLargeError,
+    ServeAppError,
+    format_validation_error,
+    to_serve_error,
+)
 from serve_app.preprocess.prepared import TextOnlyPrompt
 from serve_app.api.protocol import (
     ChatCompletionChunk,
@@ -29,9 +34,8 @@ from serve_app.api.protocol import (
     ChatCompletionResponse,
     ErrorResponse,
     ModelList,
-    describe_validation_error,
 )
-from serve_app.api.request_checks import check_request, classify_exception
+from serve_app.api.request_checks import check_request
 from serve_app.api.responses import ChunkStream, CompletionAccumulator
 
 logger = logging.getLogger("ray.serve")
@@ -48,12 +52,6 @@ _BY_VALUE_MAX_BYTES = 1 << 20  # text-only requests up to this body size go to t
 
 def _error(exc: ServeAppError) -> JSONResponse:
     return JSONResponse(exc.to_body(), status_code=exc.status_code)
-
-
-def _classify(exc: BaseException) -> ServeAppError:
-    if isinstance(exc, BackPressureError):  # raised here by the engine handle, never wrapped
-        return OverloadedError("the server is overloaded; retry later")
-    return classify_exception(exc)
 
 
 def _openapi_with_models() -> dict[str, Any]:
@@ -109,7 +107,7 @@ class Ingress:
         try:
             return ChatCompletionRequest.model_validate_json(bytes(body)), len(body)
         except ValidationError as exc:
-            raise InvalidRequestError(describe_validation_error(exc)) from None
+            raise InvalidRequestError(format_validation_error(exc)) from None
 
     @app.post(
         "/v1/chat/completions",
@@ -200,7 +198,7 @@ class Ingress:
                                  headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
 
     def _classify_and_log(self, exc: BaseException, request_id: str) -> ServeAppError:
-        err = _classify(exc)
+        err = to_serve_error(exc)
         if err.status_code >= 500:
             logger.error("request %s failed: %r", request_id, exc)
         return err

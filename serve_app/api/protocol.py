@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -249,47 +249,3 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One readable sentence per problem, naming the field path, for the 400 body."""
-    errors = exc.errors()
-    # `content` is `str | list[part]`: when the list branch has the real problem, drop the
-    # "should be a valid string" noise from the other branch.
-    if len(errors) > 1:
-        errors = [e for e in errors if not (e["loc"] and e["loc"][-1] == "str")] or errors
-    parts = []
-    for err in errors[:5]:
-        loc = _path(err["loc"])
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unsupported field (this server does not implement it)")
-        elif err["type"] == "missing":
-            parts.append(f"{loc}: required field is missing")
-        elif err["type"] == "json_invalid":
-            parts.append(f"request body is not valid JSON: {err['msg']}")
-        elif err["type"] == "union_tag_invalid":
-            parts.append(f"{loc}: unsupported content part type {err.get('input', {}).get('type')!r} "
-                         f"(supported: text, image_url, image, video_url, video)")
-        else:
-            parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts) if parts else "invalid request"
-
-
-_PART_TAGS = {"text", "image_url", "image", "video_url", "video"}
-
-
-def _path(loc: tuple) -> str:
-    """('messages', 0, 'content', 'list[...]', 1, 'image_url', 'image_url', 'url') →
-    'messages[0].content[1].image_url.url': pydantic's union-branch labels are dropped."""
-    out, prev = "", None
-    for p in loc:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif p == "str" or "[" in p:
-            pass  # a union branch label such as 'list[...]'
-        elif isinstance(prev, int) and p in _PART_TAGS and out.rsplit(".", 1)[-1].startswith("content"):
-            pass  # the discriminator tag of a content part
-        else:
-            out += f".{p}" if out else str(p)
-        prev = p
-    return out or "body"

@@ -1,5 +1,5 @@
-"""What every chat request goes through before any replica work, and how failures map to OpenAI
-errors: one implementation for the online ingress and the batch job (pure)."""
+"""What every chat request goes through before any replica work: one implementation for the
+online ingress and the batch job (pure)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 
 from serve_app.app_config import AppConfig
 from serve_app.api.chat import ChatPlan, plan_chat
-from serve_app.errors import EngineError, InvalidRequestError, ModelNotFoundError, ServeAppError
-from serve_app.media.errors import MediaError
+from serve_app.errors import ModelNotFoundError
 from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.api.sampling import sampling_kwargs
 
@@ -33,15 +32,3 @@ def check_request(req: ChatCompletionRequest, config: AppConfig) -> ValidatedReq
     top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return ValidatedRequest(req, sampling, plan, top_logprobs)
 
-
-def classify_exception(exc: BaseException) -> ServeAppError:
-    """Anything raised while serving a request → the OpenAI error the client gets. Ray re-raises a
-    replica's exception as a RayTaskError whose ``cause`` is the original exception."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and cause is not exc:
-        return classify_exception(cause)
-    if isinstance(exc, ServeAppError):
-        return exc
-    if isinstance(exc, MediaError):
-        return InvalidRequestError(str(exc))
-    return EngineError(f"internal error: {type(exc).__name__}")

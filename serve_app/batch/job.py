@@ -58,12 +58,11 @@ from serve_app.batch.io import (
 from serve_app.batch.steps import (
     BatchPreprocessor,
     EngineUnavailable,
-    classify_exception,
     error_record,
     new_request_id,
     run_on_engine,
 )
-from serve_app.errors import EngineError
+from serve_app.errors import EngineError, to_serve_error
 from serve_app.engine.placement import engine_placement
 
 logger = logging.getLogger("serve_app.batch")
@@ -400,7 +399,7 @@ def _collect(ray, ref, custom_id: str, line: int, engine_ids: set[str]) -> dict[
         cause = getattr(exc, "cause", None)
         if isinstance(cause, EngineUnavailable):
             raise BatchAborted(f"engine unavailable (line {line}, custom_id {custom_id!r}): {cause}") from None
-        return error_record(custom_id, new_request_id(), classify_exception(exc))
+        return error_record(custom_id, new_request_id(), to_serve_error(exc))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 
 from serve_app.app_config import AppConfig
 from serve_app.batch.io import LineError, RequestLine, line_error_record, parse_line, response_record
-from serve_app.errors import InvalidRequestError, ServeAppError
+from serve_app.errors import InvalidRequestError, ServeAppError, format_validation_error, to_serve_error
 from serve_app.preprocess.prepared import PreparedPrompt, TextOnlyPrompt
-from serve_app.api.protocol import ChatCompletionRequest, describe_validation_error
-from serve_app.api.request_checks import ValidatedRequest, check_request, classify_exception  # noqa: F401
+from serve_app.api.protocol import ChatCompletionRequest
+from serve_app.api.request_checks import ValidatedRequest, check_request
 from serve_app.api.responses import CompletionAccumulator
 
 
@@ -42,7 +42,7 @@ def validate_body(body: dict[str, Any], config: AppConfig) -> ValidatedRequest:
     try:
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
-        raise InvalidRequestError(describe_validation_error(exc)) from None
+        raise InvalidRequestError(format_validation_error(exc)) from None
     if req.model == config.model.name and req.stream:
         raise InvalidRequestError("stream is not supported in a batch job; remove it or set it to false",
                                   param="stream")
@@ -87,7 +87,7 @@ class BatchPreprocessor:
                 # As online: a text-only request skips media work; the engine renders the template.
                 prompt = TextOnlyPrompt(v.plan.template_messages)
         except Exception as exc:  # noqa: BLE001 - every failure of one request is that request's record
-            return error_record(item.custom_id, request_id, classify_exception(exc))
+            return error_record(item.custom_id, request_id, to_serve_error(exc))
         return PreparedItem(item.custom_id, request_id, prompt, v.sampling, v.top_logprobs, v.request.n)
 
 
@@ -112,7 +112,7 @@ async def run_on_engine(runtime: EngineLike, item: PreparedItem | dict[str, Any]
         async for delta in runtime.generate(item.prompt, item.sampling, item.request_id, False, item.top_logprobs):
             acc.add(delta)
     except Exception as exc:  # noqa: BLE001
-        err = classify_exception(exc)
+        err = to_serve_error(exc)
         if err.status_code >= 500:
             try:
                 await runtime.check_health()

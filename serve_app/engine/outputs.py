@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from serve_app.errors import EngineError
+
 
 def delta_from_output(out: Any, *, top_logprobs: int | None) -> dict[str, Any]:
     """``top_logprobs``: None when the client did not ask for logprobs, else how many alternatives."""
@@ -34,7 +36,12 @@ def delta_from_output(out: Any, *, top_logprobs: int | None) -> dict[str, Any]:
 def _finish_reason(reason: str | None) -> str | None:
     if reason is None:
         return None
-    return {"stop": "stop", "length": "length", "abort": "abort"}.get(str(reason), "stop")
+    reason = str(reason)
+    if reason == "error":
+        # vLLM ends a request with "error" when the engine failed it (not the client's doing):
+        # answered as a 500, never passed off as a normal "stop".
+        raise EngineError("engine failure: vLLM finished the request with an error")
+    return {"stop": "stop", "length": "length", "abort": "abort"}.get(reason, "stop")
 
 
 def _logprobs(token_ids, logprobs, k: int) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 
 from serve_app.app_config import AppConfig
 from serve_app.engine.args import build_engine_kwargs, cpu_threads_binding
-from serve_app.errors import EngineError, InvalidRequestError
+from serve_app.errors import InvalidRequestError, engine_cause, engine_error
 from serve_app.model_source import resolve_model_path
 from serve_app.engine.outputs import delta_from_output
 from serve_app.engine.placement import engine_placement
@@ -19,13 +19,6 @@ from serve_app.engine.prompting import load_chat_renderer
 from serve_app.engine.stream_pacing import paced
 
 logger = logging.getLogger("serve_app.engine")
-
-
-def is_client_error(exc: BaseException) -> bool:
-    """Whether vLLM refused the request itself: ``ValueError`` (vLLM 0.26's input validation)
-    or a ``VLLMClientError`` (vLLM's 4xx family in newer versions, e.g. ``VLLMValidationError`` for a
-    prompt over the context length; not a ValueError there). Matched by name: no vLLM import."""
-    return isinstance(exc, ValueError) or any(c.__name__ == "VLLMClientError" for c in type(exc).__mro__)
 
 
 class EngineRuntime:
@@ -128,14 +121,13 @@ class EngineRuntime:
             async for delta in merged:
                 yield delta
         except Exception as exc:  # noqa: BLE001
-            # vLLM wraps input-processing failures in EngineGenerateError; the cause says what.
-            cause = exc.__cause__ if type(exc).__name__ == "EngineGenerateError" and exc.__cause__ else exc
-            if not produced and is_client_error(cause):
-                # vLLM's verdict on the request itself (prompt longer than max_model_len, ...).
+            err = engine_error(exc, before_output=not produced)
+            cause = engine_cause(exc)
+            if err.status_code >= 500:
+                logger.error("request %s failed in the engine", request_id, exc_info=cause)
+            else:
                 logger.warning("request %s rejected by the engine: %r", request_id, cause, exc_info=cause)
-                raise InvalidRequestError(str(cause)) from None
-            logger.error("request %s failed in the engine", request_id, exc_info=cause)
-            raise EngineError(f"engine failure: {type(cause).__name__}: {cause}") from None
+            raise err from None
         finally:
             await merged.aclose()
             await source.aclose()  # on cancellation too: closing vLLM's generator aborts the request

@@ -9,7 +9,8 @@ from serve_app.app_config import ServingSection
 from serve_app.api.chat import plan_chat
 from serve_app.errors import InvalidRequestError
 from serve_app.engine.outputs import delta_from_output
-from serve_app.api.protocol import ChatCompletionRequest, describe_validation_error
+from serve_app.api.protocol import ChatCompletionRequest
+from serve_app.errors import format_validation_error
 from serve_app.api.responses import ChunkStream, CompletionAccumulator
 from serve_app.api.sampling import sampling_kwargs
 
@@ -22,7 +23,7 @@ def req(**kw):
 def error_of(**kw) -> str:
     with pytest.raises(ValidationError) as e:
         req(**kw)
-    return describe_validation_error(e.value)
+    return format_validation_error(e.value)
 
 
 def test_unsupported_fields_are_named():

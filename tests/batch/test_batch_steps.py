@@ -18,6 +18,7 @@ from PIL import Image
 
 from serve_app.batch import io as batch_io, job as batch, steps as batch_steps
 from serve_app.app_config import parse_app_config
+from serve_app import errors
 from serve_app.errors import EngineError, InvalidRequestError
 from serve_app.preprocess.prepared import PreparedPrompt, TextOnlyPrompt
 
@@ -66,9 +67,9 @@ def test_classify_exception_unwraps_causes():
 
     wrapped = RuntimeError("ray wrapper")
     wrapped.cause = MediaError("messages[0].content[0]: broken")
-    err = batch_steps.classify_exception(wrapped)
+    err = errors.to_serve_error(wrapped)
     assert isinstance(err, InvalidRequestError) and "broken" in err.message
-    assert batch_steps.classify_exception(ValueError("x")).status_code == 500
+    assert errors.to_serve_error(ValueError("x")).status_code == 500
 
 
 # ----------------------------------------------------------------------------- preprocessing

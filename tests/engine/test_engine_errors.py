@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve_app.engine.runtime import is_client_error
+from serve_app.errors import is_client_error
 
 
 class VLLMError(Exception):

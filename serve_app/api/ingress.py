@@ -27,7 +27,6 @@ from serve_app.errors import (
     format_validation_error,
     to_serve_error,
 )
-from serve_app.preprocess.prepared import TextOnlyPrompt
 from serve_app.api.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -137,19 +136,19 @@ class Ingress:
             return _error(exc)
 
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        sampling, plan, top_logprobs = checked.sampling, checked.plan, checked.top_logprobs
-        if plan.media:
-            prompt: Any = self._pre.prepare.remote(plan)  # DeploymentResponse: resolved in the engine replica
+        engine_request = checked.engine_request(request_id, stream=req.stream)
+        if checked.plan.media:
+            media: Any = self._pre.prepare.remote(checked.plan.media)  # DeploymentResponse: resolved in the engine replica
             engine = self._engine_stream
         else:
-            prompt = TextOnlyPrompt(plan.template_messages)
+            media = None
             # Replica gRPC messages are capped at 4 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH):
             # a huge text prompt goes by reference, so it still gets vLLM's 400, not a transport 500.
             engine = self._engine_stream_text if body_bytes <= _BY_VALUE_MAX_BYTES else self._engine_stream
-        gen = engine.generate.remote(prompt, sampling, request_id, req.stream, top_logprobs)
+        gen = engine.generate.remote(engine_request, media)
         if req.stream:
-            return await self._stream(gen, req, request_id, top_logprobs)
-        acc = CompletionAccumulator(req.n, want_logprobs=top_logprobs is not None)
+            return await self._stream(gen, req, request_id)
+        acc = CompletionAccumulator(req.n, want_logprobs=checked.top_logprobs is not None)
         try:
             async for delta in gen:
                 acc.add(delta)
@@ -160,7 +159,7 @@ class Ingress:
             return self._failure(exc, request_id)
         return JSONResponse(acc.response(request_id=request_id, model=self._model, created=int(time.time())))
 
-    async def _stream(self, gen, req: ChatCompletionRequest, request_id: str, top_logprobs):
+    async def _stream(self, gen, req: ChatCompletionRequest, request_id: str):
         # Wait for the first delta before sending headers, so errors (bad media, prompt too long)
         # still get a proper 4xx status instead of an in-stream error.
         try:

@@ -11,6 +11,7 @@ from serve_app.api.chat import ChatPlan, plan_chat
 from serve_app.errors import ModelNotFoundError
 from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.api.sampling import sampling_kwargs
+from serve_app.engine.contract import EngineRequest
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class ValidatedRequest:
     sampling: dict[str, Any]
     plan: ChatPlan
     top_logprobs: int | None  # None: no logprobs asked for
+
+    def engine_request(self, request_id: str, *, stream: bool = False) -> EngineRequest:
+        return EngineRequest(request_id, self.plan.template_messages, self.sampling, self.top_logprobs, stream)
 
 
 def check_request(req: ChatCompletionRequest, config: AppConfig) -> ValidatedRequest:

@@ -1,41 +1,34 @@
-"""Engine deltas (:mod:`serve_app.engine.outputs`) → OpenAI chat-completion JSON (pure)."""
+"""Engine deltas (:class:`~serve_app.engine.contract.Delta`) → OpenAI chat-completion JSON (pure)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-
-@dataclass
-class _ChoiceAcc:
-    text: list[str] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] | None = None
-    finish_reason: str | None = None
+from serve_app.engine.contract import ChoiceDelta, Delta
 
 
 class CompletionAccumulator:
     """Collects deltas of one request into the final non-streaming response."""
 
     def __init__(self, n: int, want_logprobs: bool) -> None:
-        self.choices = [_ChoiceAcc(logprobs=[] if want_logprobs else None) for _ in range(n)]
-        self.prompt_tokens = 0
+        self._delta = Delta(choices=[ChoiceDelta(i, token_ids=[], logprobs=[] if want_logprobs else None)
+                                     for i in range(n)])
 
-    def add(self, delta: dict[str, Any]) -> None:
-        self.prompt_tokens = delta["prompt_tokens"] or self.prompt_tokens
-        for c in delta["choices"]:
-            acc = self.choices[c["index"]]
-            acc.text.append(c["text"])
-            acc.token_ids.extend(c["token_ids"])
-            if acc.logprobs is not None and c.get("logprobs"):
-                acc.logprobs.extend(c["logprobs"])
-            if c["finish_reason"] is not None:
-                acc.finish_reason = c["finish_reason"]
+    def add(self, delta: Delta) -> None:
+        self._delta.merge(delta)
+
+    @property
+    def choices(self) -> list[ChoiceDelta]:
+        return self._delta.choices
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._delta.prompt_tokens
 
     @property
     def completion_tokens(self) -> int:
-        return sum(len(c.token_ids) for c in self.choices)
+        return sum(c.num_tokens for c in self.choices)
 
     def response(self, *, request_id: str, model: str, created: int) -> dict[str, Any]:
         return {
@@ -45,13 +38,13 @@ class CompletionAccumulator:
             "model": model,
             "choices": [
                 {
-                    "index": i,
-                    "message": {"role": "assistant", "content": "".join(c.text)},
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text},
                     "logprobs": {"content": c.logprobs} if c.logprobs is not None else None,
                     "finish_reason": c.finish_reason,
-                    "token_ids": c.token_ids,
+                    "token_ids": c.token_ids or [],
                 }
-                for i, c in enumerate(self.choices)
+                for c in sorted(self.choices, key=lambda c: c.index)
             ],
             "usage": usage(self.prompt_tokens, self.completion_tokens),
         }
@@ -81,22 +74,22 @@ class ChunkStream:
             body["usage"] = usage_obj
         return "data: " + json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n\n"
 
-    def on_delta(self, delta: dict[str, Any]) -> Iterable[str]:
-        self._prompt_tokens = delta["prompt_tokens"] or self._prompt_tokens
+    def on_delta(self, delta: Delta) -> Iterable[str]:
+        self._prompt_tokens = delta.prompt_tokens or self._prompt_tokens
         out = []
-        for c in delta["choices"]:
-            i = c["index"]
-            self._completion_tokens += len(c["token_ids"])
+        for c in delta.choices:
+            i = c.index
+            self._completion_tokens += c.num_tokens
             if not self._started[i]:
                 self._started[i] = True
                 out.append(self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None}]))
-            if c["text"] or c["token_ids"] or c["finish_reason"] is not None:
+            if c.text or c.num_tokens or c.finish_reason is not None:
                 choice = {
                     "index": i,
-                    "delta": {"content": c["text"]} if (c["text"] or c["token_ids"]) else {},
-                    "logprobs": {"content": c["logprobs"]} if c.get("logprobs") else None,
-                    "finish_reason": c["finish_reason"],
+                    "delta": {"content": c.text} if (c.text or c.num_tokens) else {},
+                    "logprobs": {"content": c.logprobs} if c.logprobs else None,
+                    "finish_reason": c.finish_reason,
                 }
                 out.append(self._chunk([choice]))
         return out

@@ -15,7 +15,7 @@ How it runs:
   refuses duplicate ``custom_id``s, reads what an earlier run already wrote to the output (resume),
   and keeps at most ``--max-in-flight`` requests outstanding;
 * ``--preprocess-workers`` CPU actors parse and validate each line and run
-  :class:`~serve_app.preprocess.preparer.PromptPreparer` (chat template, media fetch/decode/resize);
+  :class:`~serve_app.preprocess.preparer.MediaPreparer` (media fetch/decode/resize);
 * ``--engines`` engine actors each build :class:`~serve_app.engine.runtime.EngineRuntime` inside a
   placement group made from :func:`serve_app.engine.placement.engine_placement` (the same bundles and
   strategy as an engine replica of the Serve app: STRICT_PACK over TP×PP GPUs); the preprocessed

@@ -1,6 +1,7 @@
 """The per-request steps of the batch job, without Ray: validate a request body exactly as the
-online ingress does, prepare it with the shared :class:`~serve_app.preprocess.preparer.PromptPreparer`, run
-it on an :class:`~serve_app.engine.runtime.EngineRuntime` and build the output record.
+online ingress does, prepare its media with the shared
+:class:`~serve_app.preprocess.preparer.MediaPreparer`, run it on an
+:class:`~serve_app.engine.runtime.EngineRuntime` and build the output record.
 
 :mod:`serve_app.batch` runs :class:`BatchPreprocessor` in CPU actors and :func:`run_on_engine` in
 the engine actor; tests run them in-process with a fake engine.
@@ -18,7 +19,8 @@ from pydantic import ValidationError
 from serve_app.app_config import AppConfig
 from serve_app.batch.io import LineError, RequestLine, line_error_record, parse_line, response_record
 from serve_app.errors import InvalidRequestError, ServeAppError, format_validation_error, to_serve_error
-from serve_app.preprocess.prepared import PreparedPrompt, TextOnlyPrompt
+from serve_app.engine.contract import EngineRequest
+from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.api.request_checks import ValidatedRequest, check_request
 from serve_app.api.responses import CompletionAccumulator
@@ -29,11 +31,8 @@ class PreparedItem:
     """What a preprocessing actor hands the engine actor (through the object store)."""
 
     custom_id: str
-    request_id: str
-    prompt: PreparedPrompt | TextOnlyPrompt
-    sampling: dict[str, Any]
-    top_logprobs: int | None
-    n: int
+    request: EngineRequest
+    media: PreparedMedia | None = None  # None: text only
 
 
 def validate_body(body: dict[str, Any], config: AppConfig) -> ValidatedRequest:
@@ -64,9 +63,9 @@ class BatchPreprocessor:
     def __init__(self, config: AppConfig, preparer: Any = None) -> None:
         self._config = config
         if preparer is None:
-            from serve_app.preprocess.preparer import PromptPreparer
+            from serve_app.preprocess.preparer import MediaPreparer
 
-            preparer = PromptPreparer(config)
+            preparer = MediaPreparer(config)
         self._preparer = preparer
 
     async def prepare_line(self, raw: bytes | str, line: int) -> PreparedItem | dict[str, Any]:
@@ -81,18 +80,15 @@ class BatchPreprocessor:
         request_id = new_request_id()
         try:
             v = validate_body(item.body, self._config)
-            if v.plan.media:
-                prompt: PreparedPrompt | TextOnlyPrompt = await self._preparer.prepare(v.plan)
-            else:
-                # As online: a text-only request skips media work; the engine renders the template.
-                prompt = TextOnlyPrompt(v.plan.template_messages)
+            # As online: a text-only request skips media work; the engine renders every prompt.
+            media = await self._preparer.prepare(v.plan.media) if v.plan.media else None
         except Exception as exc:  # noqa: BLE001 - every failure of one request is that request's record
             return error_record(item.custom_id, request_id, to_serve_error(exc))
-        return PreparedItem(item.custom_id, request_id, prompt, v.sampling, v.top_logprobs, v.request.n)
+        return PreparedItem(item.custom_id, v.engine_request(request_id), media)
 
 
 class EngineLike(Protocol):
-    def generate(self, prompt, sampling, request_id, stream, top_logprobs): ...  # async iterator of deltas
+    def generate(self, request: EngineRequest, media: PreparedMedia | None = None): ...  # async iterator of Delta
 
     async def check_health(self) -> None: ...
 
@@ -107,9 +103,10 @@ async def run_on_engine(runtime: EngineLike, item: PreparedItem | dict[str, Any]
     """One prepared request → its output record (an error record passes straight through)."""
     if isinstance(item, dict):
         return item
-    acc = CompletionAccumulator(item.n, want_logprobs=item.top_logprobs is not None)
+    request = item.request
+    acc = CompletionAccumulator(request.n, want_logprobs=request.top_logprobs is not None)
     try:
-        async for delta in runtime.generate(item.prompt, item.sampling, item.request_id, False, item.top_logprobs):
+        async for delta in runtime.generate(request, item.media):
             acc.add(delta)
     except Exception as exc:  # noqa: BLE001
         err = to_serve_error(exc)
@@ -119,6 +116,6 @@ async def run_on_engine(runtime: EngineLike, item: PreparedItem | dict[str, Any]
             except Exception as health_exc:  # noqa: BLE001
                 raise EngineUnavailable(f"the engine failed its health check after {err.message!r}: "
                                         f"{type(health_exc).__name__}: {health_exc}") from None
-        return error_record(item.custom_id, item.request_id, err)
-    body = acc.response(request_id=item.request_id, model=model_name, created=int(clock()))
-    return response_record(item.custom_id, 200, item.request_id, body)
+        return error_record(item.custom_id, request.request_id, err)
+    body = acc.response(request_id=request.request_id, model=model_name, created=int(clock()))
+    return response_record(item.custom_id, 200, request.request_id, body)

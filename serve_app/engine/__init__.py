@@ -1,2 +1,1 @@
-"""The engine process (GPU replicas, batch engine actors): one vLLM ``AsyncLLM`` per replica, its
-placement group and engine arguments, and the deltas it streams back to the ingress."""
+"""The engine side: what runs in an engine replica (GPU or vLLM's CPU build) around vLLM."""

@@ -8,8 +8,9 @@ from typing import Any, AsyncIterator
 from ray import serve
 
 from serve_app.app_config import AppConfig
+from serve_app.engine.contract import Delta, EngineRequest
 from serve_app.engine.runtime import EngineRuntime
-from serve_app.preprocess.prepared import PreparedPrompt, TextOnlyPrompt
+from serve_app.preprocess.prepared import PreparedMedia
 
 
 @serve.deployment(name="Engine")
@@ -23,15 +24,10 @@ class Engine:
     async def stats(self) -> dict[str, int]:
         return self._runtime.stats()
 
-    async def generate(
-        self,
-        prompt: PreparedPrompt | TextOnlyPrompt,
-        sampling: dict[str, Any],
-        request_id: str,
-        stream: bool,
-        top_logprobs: int | None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        async for delta in self._runtime.generate(prompt, sampling, request_id, stream, top_logprobs):
+    async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
+        """``media``: the preprocessor's output, passed as its own argument so that Serve resolves
+        the DeploymentResponse the ingress hands over (it resolves top-level arguments only)."""
+        async for delta in self._runtime.generate(request, media):
             yield delta
 
     async def check_health(self) -> None:

@@ -1,36 +1,39 @@
-"""vLLM ``RequestOutput`` → small plain-dict deltas (pure; duck-typed on vLLM's output objects).
+"""vLLM ``RequestOutput`` → :class:`~serve_app.engine.contract.Delta` (pure; duck-typed on vLLM's
+output objects, so no vLLM class crosses a replica boundary).
 
-The engine replica yields these dicts to the ingress; the ingress turns them into OpenAI responses
-(:mod:`serve_app.api.responses`). Keeping them plain keeps the Serve stream cheap and version-proof.
+The engine replica yields these to the ingress; the ingress turns them into OpenAI responses
+(:mod:`serve_app.api.responses`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from serve_app.engine.contract import ChoiceDelta, Delta
 from serve_app.errors import EngineError
 
 
-def delta_from_output(out: Any, *, top_logprobs: int | None) -> dict[str, Any]:
-    """``top_logprobs``: None when the client did not ask for logprobs, else how many alternatives."""
+def delta_from_output(out: Any, *, top_logprobs: int | None, with_token_ids: bool = True) -> Delta:
+    """``top_logprobs``: None when the client did not ask for logprobs, else how many alternatives.
+    ``with_token_ids``: ship the ids (a non-streaming response shows them) or only their count."""
     # One engine step for one request. With ``RequestOutputKind.DELTA`` each completion carries
     # only its new tokens; with ``FINAL_ONLY`` it carries everything once.
-    choices = []
-    for comp in out.outputs:
-        choice: dict[str, Any] = {
-            "index": comp.index,
-            "text": comp.text,
-            "token_ids": list(comp.token_ids),
-            "finish_reason": _finish_reason(comp.finish_reason),
-        }
-        if top_logprobs is not None:
-            choice["logprobs"] = _logprobs(comp.token_ids, comp.logprobs, top_logprobs)
-        choices.append(choice)
-    return {
-        "choices": choices,
-        "prompt_tokens": len(out.prompt_token_ids) if out.prompt_token_ids is not None else 0,
-        "finished": bool(out.finished),
-    }
+    choices = [
+        ChoiceDelta(
+            index=comp.index,
+            text=comp.text,
+            num_tokens=len(comp.token_ids),
+            finish_reason=_finish_reason(comp.finish_reason),
+            logprobs=None if top_logprobs is None else _logprobs(comp.token_ids, comp.logprobs, top_logprobs),
+            token_ids=list(comp.token_ids) if with_token_ids else None,
+        )
+        for comp in out.outputs
+    ]
+    return Delta(
+        choices=choices,
+        prompt_tokens=len(out.prompt_token_ids) if out.prompt_token_ids is not None else 0,
+        finished=bool(out.finished),
+    )
 
 
 def _finish_reason(reason: str | None) -> str | None:

@@ -1,17 +1,11 @@
-"""Rendering the model's own chat template (pure: transformers only)."""
+"""Rendering the model's own chat template: the one renderer, used by the engine for every request
+(text-only or with media, online or batch), over the tokenizer vLLM already loaded."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from serve_app.errors import InvalidRequestError
-
-
-def load_chat_renderer(model_path: str) -> Callable[[list[dict[str, Any]]], str]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    return chat_renderer(tokenizer)
 
 
 def chat_renderer(tokenizer: Any) -> Callable[[list[dict[str, Any]]], str]:

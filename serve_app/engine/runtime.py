@@ -14,8 +14,9 @@ from serve_app.errors import InvalidRequestError, engine_cause, engine_error
 from serve_app.model_source import resolve_model_path
 from serve_app.engine.outputs import delta_from_output
 from serve_app.engine.placement import engine_placement
-from serve_app.preprocess.prepared import PreparedPrompt, TextOnlyPrompt
-from serve_app.engine.prompting import load_chat_renderer
+from serve_app.engine.contract import Delta, EngineRequest
+from serve_app.engine.prompting import chat_renderer
+from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.engine.stream_pacing import paced
 
 logger = logging.getLogger("serve_app.engine")
@@ -67,7 +68,7 @@ class EngineRuntime:
         self.max_model_len = vllm_config.model_config.max_model_len
         # The defaults `vllm serve` applies from generation_config.json (temperature, top_p, ...).
         self.default_sampling = dict(vllm_config.model_config.get_diff_sampling_param() or {})
-        self._render = load_chat_renderer(model_path)
+        self._render = chat_renderer(self.engine.tokenizer)  # vLLM's own: no second tokenizer here
         logger.info("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
                     config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
 
@@ -89,29 +90,22 @@ class EngineRuntime:
         except (ValueError, TypeError) as exc:
             raise InvalidRequestError(f"invalid sampling parameters: {exc}") from None
 
-    async def generate(
-        self,
-        prompt: PreparedPrompt | TextOnlyPrompt,
-        sampling: dict[str, Any],
-        request_id: str,
-        stream: bool,
-        top_logprobs: int | None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Plain-dict deltas (:func:`serve_app.engine.outputs.delta_from_output`) for one request."""
-        if isinstance(prompt, TextOnlyPrompt):
-            vllm_prompt: dict[str, Any] = {"prompt": self._render(prompt.template_messages)}
-        else:
-            vllm_prompt = prompt.vllm_prompt()
-        params = self.sampling_params(sampling, stream)
+    async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
+        """The deltas (:func:`serve_app.engine.outputs.delta_from_output`) of one request."""
+        request_id, stream = request.request_id, request.stream
+        vllm_prompt: dict[str, Any] = {"prompt": self._render(request.messages)}
+        if media is not None:
+            vllm_prompt.update(media.vllm_inputs())
+        params = self.sampling_params(request.sampling, stream)
         produced = False
 
-        async def deltas() -> AsyncIterator[dict[str, Any]]:
+        async def deltas() -> AsyncIterator[Delta]:
             nonlocal produced
             # AsyncLLM.generate aborts the request itself when this generator is closed or
             # cancelled (the client went away and Serve cancelled the replica-side generator).
             async for out in self.engine.generate(vllm_prompt, params, request_id):
                 produced = True
-                yield delta_from_output(out, top_logprobs=top_logprobs)
+                yield delta_from_output(out, top_logprobs=request.top_logprobs, with_token_ids=not stream)
 
         source = deltas()
         # Streams are paced (serve_app.engine.stream_pacing): one Serve message per interval per request

@@ -1,7 +1,8 @@
 """What the preprocessor hands the engine through Ray's object store (pure).
 
 Media travel as numpy arrays (uint8, HWC / THWC): Ray serialises them out-of-band, so an engine
-replica reads pixels from the object store without a copy through the ingress.
+replica reads pixels from the object store without a copy through the ingress. The prompt text is
+not here: the engine renders every prompt (:class:`~serve_app.engine.contract.EngineRequest`).
 """
 
 from __future__ import annotations
@@ -22,16 +23,14 @@ def engine_video_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class PreparedPrompt:
-    prompt: str
+class PreparedMedia:
     images: list[np.ndarray] = field(default_factory=list)
     image_uuids: list[str] = field(default_factory=list)
     videos: list[tuple[np.ndarray, dict[str, Any]]] = field(default_factory=list)
     video_uuids: list[str] = field(default_factory=list)
 
-    def vllm_prompt(self) -> dict[str, Any]:
-        """A vLLM ``TextPrompt`` dict."""
-        prompt: dict[str, Any] = {"prompt": self.prompt}
+    def vllm_inputs(self) -> dict[str, Any]:
+        """The media fields of a vLLM ``TextPrompt`` dict."""
         mm: dict[str, Any] = {}
         uuids: dict[str, Any] = {}
         if self.images:
@@ -40,21 +39,4 @@ class PreparedPrompt:
         if self.videos:
             mm["video"] = self.videos
             uuids["video"] = self.video_uuids
-        if mm:
-            prompt["multi_modal_data"] = mm
-            prompt["multi_modal_uuids"] = uuids
-        return prompt
-
-    def media_tokens_hint(self) -> dict[str, list[tuple[int, ...]]]:
-        """Shapes of the media, for logs and tests."""
-        return {
-            "image": [tuple(a.shape) for a in self.images],
-            "video": [tuple(v[0].shape) for v in self.videos],
-        }
-
-
-@dataclass
-class TextOnlyPrompt:
-    """A request without media skips the preprocessor hop: the engine renders the chat template."""
-
-    template_messages: list[dict[str, Any]]
+        return {"multi_modal_data": mm, "multi_modal_uuids": uuids} if mm else {}

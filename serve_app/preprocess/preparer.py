@@ -1,24 +1,21 @@
-"""Chat plan → :class:`~serve_app.preprocess.prepared.PreparedPrompt`: the chat template plus every image and
+"""A chat plan's media → :class:`~serve_app.preprocess.prepared.PreparedMedia`: every image and
 video fetched, decoded and resized. Shared by the Serve preprocessor deployment and the batch job
 (no Ray, no vLLM)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from serve_app.app_config import AppConfig
-from serve_app.api.chat import ChatPlan
-from serve_app.media.loader import LoadedImage, MediaLoader
-from serve_app.model_source import resolve_model_path
-from serve_app.preprocess.prepared import PreparedPrompt, engine_video_metadata
-from serve_app.engine.prompting import load_chat_renderer
+from serve_app.media.loader import LoadedImage, MediaLoader, MediaSpec
+from serve_app.preprocess.prepared import PreparedMedia, engine_video_metadata
 
 logger = logging.getLogger("serve_app.preprocess.preparer")
 
 
-class PromptPreparer:
+class MediaPreparer:
     def __init__(self, config: AppConfig) -> None:
-        self._render = load_chat_renderer(resolve_model_path(config.model))
         self._loader = MediaLoader(config.media)
 
     def warmup(self) -> None:
@@ -29,10 +26,9 @@ class PromptPreparer:
         except Exception as exc:  # noqa: BLE001
             logger.warning("media decoder warm-up failed (the first request will retry): %r", exc)
 
-    async def prepare(self, plan: ChatPlan) -> PreparedPrompt:
-        prompt = self._render(plan.template_messages)
-        loaded = await self._loader.load(plan.media)  # decode work runs in the loader's threads
-        prepared = PreparedPrompt(prompt=prompt)
+    async def prepare(self, media: Sequence[MediaSpec]) -> PreparedMedia:
+        loaded = await self._loader.load(media)  # decode work runs in the loader's threads
+        prepared = PreparedMedia()
         for item in loaded:
             if isinstance(item, LoadedImage):
                 prepared.images.append(item.array)  # the decoder's HWC uint8 array, no PIL round trip

@@ -14,6 +14,7 @@ pytest.importorskip("ray.serve")
 
 from serve_app.app_config import parse_app_config  # noqa: E402
 from serve_app.api.ingress import Ingress  # noqa: E402
+from serve_app.engine.contract import ChoiceDelta, Delta  # noqa: E402
 
 
 class FakeHandle:
@@ -57,8 +58,7 @@ def test_chat_completions_picks_the_handle_by_media():
 
     class Gen:
         def __init__(self):
-            self._items = [{"choices": [{"index": 0, "text": "x", "token_ids": [5], "finish_reason": "length"}],
-                            "prompt_tokens": 3, "finished": True}]
+            self._items = [Delta([ChoiceDelta(0, "x", 1, "length", token_ids=[5])], prompt_tokens=3, finished=True)]
 
         def __aiter__(self):
             return self

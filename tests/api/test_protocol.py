@@ -117,7 +117,7 @@ def test_logprobs_keep_top_k_by_rank():
     out = NS(outputs=[NS(index=0, text="z", token_ids=[9], finish_reason=None, logprobs=[lp])],
              prompt_token_ids=[1], finished=False)
     d = delta_from_output(out, top_logprobs=2)
-    entry = d["choices"][0]["logprobs"][0]
+    entry = d.choices[0].logprobs[0]
     assert entry["token"] == "z" and entry["logprob"] == -7.0
     assert [t["token"] for t in entry["top_logprobs"]] == ["a", "b"]
 

@@ -1,5 +1,5 @@
 """The batch job's per-request steps and driver logic, without a Ray cluster: request validation
-as online, the shared PromptPreparer, the engine step against a fake engine, the bounded dispatch
+as online, the shared MediaPreparer, the engine step against a fake engine, the bounded dispatch
 loop against a fake Ray, config loading and the CLI paths that need no Ray."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from serve_app.batch import io as batch_io, job as batch, steps as batch_steps
 from serve_app.app_config import parse_app_config
 from serve_app import errors
 from serve_app.errors import EngineError, InvalidRequestError
-from serve_app.preprocess.prepared import PreparedPrompt, TextOnlyPrompt
+from serve_app.engine.contract import ChoiceDelta, Delta, EngineRequest
+from serve_app.preprocess.prepared import PreparedMedia
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODEL = "qwen2.5-vl-tiny"
@@ -81,14 +82,15 @@ class FakePreparer:
         self.calls.append(plan)
         if self.fail:
             raise self.fail
-        return PreparedPrompt(prompt="p", images=[np.zeros((28, 28, 3), np.uint8)], image_uuids=["u"])
+        return PreparedMedia(images=[np.zeros((28, 28, 3), np.uint8)], image_uuids=["u"])
 
 
 def test_preprocessor_text_only_skips_media_work_like_online():
     pre = batch_steps.BatchPreprocessor(config(), preparer=FakePreparer())
     item = asyncio.run(pre.prepare_line(line("a", max_tokens=2).encode(), 1))
-    assert isinstance(item, batch_steps.PreparedItem) and isinstance(item.prompt, TextOnlyPrompt)
-    assert item.custom_id == "a" and item.request_id.startswith("chatcmpl-") and item.sampling["max_tokens"] == 2
+    assert isinstance(item, batch_steps.PreparedItem) and item.media is None
+    assert item.custom_id == "a" and item.request.request_id.startswith("chatcmpl-")
+    assert item.request.sampling["max_tokens"] == 2 and item.request.stream is False
     assert pre._preparer.calls == []
 
 
@@ -98,7 +100,7 @@ def test_preprocessor_media_and_errors_become_records():
     image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     pre = batch_steps.BatchPreprocessor(config(), preparer=FakePreparer())
     item = asyncio.run(pre.prepare_line(line("m", image), 1))
-    assert isinstance(item.prompt, PreparedPrompt) and len(pre._preparer.calls) == 1
+    assert isinstance(item.media, PreparedMedia) and len(pre._preparer.calls) == 1
     bad = batch_steps.BatchPreprocessor(config(), preparer=FakePreparer(MediaError("messages[0].content[0]: bad")))
     rec = asyncio.run(bad.prepare_line(line("m", image), 1))
     assert rec["custom_id"] == "m" and rec["response"]["status_code"] == 400
@@ -108,13 +110,19 @@ def test_preprocessor_media_and_errors_become_records():
 
 
 def test_preprocessor_uses_the_shared_prompt_preparer(tiny_model_dir):
-    """The real PromptPreparer on the tiny model: the chat template and a decoded, resized image."""
+    """The real MediaPreparer on the tiny model: a decoded, resized image, and the messages the
+    engine renders with the model's chat template (one placeholder per image)."""
+    from transformers import AutoTokenizer
+
+    from serve_app.engine.prompting import chat_renderer
+
     pre = batch_steps.BatchPreprocessor(config())
     content = [{"type": "image_url", "image_url": {"url": png_uri(300, 200)}}, {"type": "text", "text": "what"}]
     item = asyncio.run(pre.prepare_line(line("img", content), 1))
-    assert isinstance(item.prompt, PreparedPrompt)
-    assert "<|vision_start|><|image_pad|><|vision_end|>" in item.prompt.prompt
-    (img,) = item.prompt.images
+    assert isinstance(item.media, PreparedMedia)
+    render = chat_renderer(AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in render(item.request.messages)
+    (img,) = item.media.images
     assert img.dtype == np.uint8 and img.shape[0] % 28 == 0 and img.shape[1] % 28 == 0
     bad = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     rec = asyncio.run(pre.prepare_line(line("bad", bad), 2))
@@ -124,9 +132,9 @@ def test_preprocessor_uses_the_shared_prompt_preparer(tiny_model_dir):
 def test_prompt_preparer_warmup_is_best_effort(tiny_model_dir, caplog):
     """A decoder that cannot be imported (simplejpeg was missing on the GPU machine) must not stop
     a Preprocessor replica from starting: only the requests that need it fail."""
-    from serve_app.preprocess.preparer import PromptPreparer
+    from serve_app.preprocess.preparer import MediaPreparer
 
-    prep = PromptPreparer(config())
+    prep = MediaPreparer(config())
 
     def broken():
         raise ModuleNotFoundError("No module named 'simplejpeg'")
@@ -142,13 +150,12 @@ class FakeEngine:
     def __init__(self, fail=None, healthy=True):
         self.fail, self.healthy, self.calls = fail, healthy, []
 
-    async def generate(self, prompt, sampling, request_id, stream, top_logprobs):
-        self.calls.append((prompt, sampling, request_id, stream, top_logprobs))
+    async def generate(self, request, media=None):
+        self.calls.append((request, media))
         if self.fail:
             raise self.fail
-        yield {"prompt_tokens": 7, "finished": True,
-               "choices": [{"index": i, "text": f"t{i}", "token_ids": [1, 2], "finish_reason": "length"}
-                           for i in range(sampling.get("n", 1))]}
+        yield Delta(prompt_tokens=7, finished=True,
+                    choices=[ChoiceDelta(i, f"t{i}", 2, "length", token_ids=[1, 2]) for i in range(request.n)])
 
     async def check_health(self):
         if not self.healthy:
@@ -156,13 +163,13 @@ class FakeEngine:
 
 
 def item(n=1):
-    return batch_steps.PreparedItem("a", "chatcmpl-x", TextOnlyPrompt([]), {"n": n, "max_tokens": 2}, None, n)
+    return batch_steps.PreparedItem("a", EngineRequest("chatcmpl-x", [], {"n": n, "max_tokens": 2}))
 
 
 def test_run_on_engine_success_record():
     eng = FakeEngine()
     rec = asyncio.run(batch_steps.run_on_engine(eng, item(2), MODEL, clock=lambda: 123))
-    assert eng.calls[0][3] is False  # non-streaming, final output only
+    assert eng.calls[0][0].stream is False  # non-streaming, final output only
     body = rec["response"]["body"]
     assert rec["custom_id"] == "a" and rec["response"]["status_code"] == 200
     assert rec["response"]["request_id"] == body["id"] == "chatcmpl-x"

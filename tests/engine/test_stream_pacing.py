@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 
 from serve_app.api.responses import ChunkStream, CompletionAccumulator
-from serve_app.engine.stream_pacing import merge_deltas, paced
+from serve_app.engine.contract import ChoiceDelta, Delta
+from serve_app.engine.stream_pacing import paced
 
 
 def _delta(tokens, *, index=0, finished=False, logprobs=False, prompt=7):
-    choice = {"index": index, "text": "".join(f"<{t}>" for t in tokens), "token_ids": list(tokens),
-              "finish_reason": "length" if finished else None}
+    choice = ChoiceDelta(index, "".join(f"<{t}>" for t in tokens), len(tokens), "length" if finished else None,
+                         token_ids=list(tokens))
     if logprobs:
-        choice["logprobs"] = [{"token": f"<{t}>", "logprob": -1.0, "top_logprobs": []} for t in tokens]
-    return {"choices": [choice], "prompt_tokens": prompt, "finished": finished}
+        choice.logprobs = [{"token": f"<{t}>", "logprob": -1.0, "top_logprobs": []} for t in tokens]
+    return Delta([choice], prompt, finished)
 
 
 class _Clock:
@@ -43,10 +44,11 @@ def test_first_and_last_sent_at_once_and_middle_merged():
     # Binary-exact times: a token every 1/64 s, an interval of 5/64 s.
     items = [_delta([i]) for i in range(9)] + [_delta([9], finished=True)]
     out = _run(items, interval=5 / 64, step=1 / 64)
-    assert [d["choices"][0]["token_ids"] for d in out] == [[0], [1, 2, 3, 4, 5], [6, 7, 8, 9]]
-    assert [d["finished"] for d in out] == [False, False, True]
-    assert out[-1]["choices"][0]["finish_reason"] == "length"
-    assert "".join(d["choices"][0]["text"] for d in out) == "".join(f"<{i}>" for i in range(10))
+    assert [d.choices[0].token_ids for d in out] == [[0], [1, 2, 3, 4, 5], [6, 7, 8, 9]]
+    assert [d.choices[0].num_tokens for d in out] == [1, 5, 4]
+    assert [d.finished for d in out] == [False, False, True]
+    assert out[-1].choices[0].finish_reason == "length"
+    assert "".join(d.choices[0].text for d in out) == "".join(f"<{i}>" for i in range(10))
 
 
 def test_zero_interval_passes_every_delta():
@@ -58,17 +60,16 @@ def test_slow_tokens_are_not_held():
     # Tokens slower than the interval: every delta goes out as it comes.
     items = [_delta([i]) for i in range(4)] + [_delta([4], finished=True)]
     out = _run(items, interval=0.05, step=0.2)
-    assert [d["choices"][0]["token_ids"] for d in out] == [[0], [1], [2], [3], [4]]
+    assert [d.choices[0].token_ids for d in out] == [[0], [1], [2], [3], [4]]
 
 
 def test_n_choices_and_logprobs_merge_per_index():
     items = [
-        {"choices": [_delta([1], index=0, logprobs=True)["choices"][0]], "prompt_tokens": 7, "finished": False},
-        {"choices": [_delta([2], index=1, logprobs=True)["choices"][0]], "prompt_tokens": 7, "finished": False},
-        {"choices": [_delta([3], index=0, logprobs=True)["choices"][0]], "prompt_tokens": 7, "finished": False},
-        {"choices": [_delta([4], index=1, logprobs=True, finished=True)["choices"][0],
-                     _delta([5], index=0, logprobs=True, finished=True)["choices"][0]],
-         "prompt_tokens": 7, "finished": True},
+        Delta([_delta([1], index=0, logprobs=True).choices[0]], 7, False),
+        Delta([_delta([2], index=1, logprobs=True).choices[0]], 7, False),
+        Delta([_delta([3], index=0, logprobs=True).choices[0]], 7, False),
+        Delta([_delta([4], index=1, logprobs=True, finished=True).choices[0],
+               _delta([5], index=0, logprobs=True, finished=True).choices[0]], 7, True),
     ]
     out = _run(items, interval=10.0, step=0.001)
     assert len(out) == 2  # the first at once, the rest merged into the final one
@@ -102,5 +103,19 @@ def test_merged_stream_gives_the_same_sse_content_as_unmerged():
 
 def test_merge_deltas_keeps_latest_prompt_tokens_and_flag():
     a = _delta([1], prompt=0)
-    merge_deltas(a, _delta([2], prompt=9, finished=True))
-    assert a["prompt_tokens"] == 9 and a["finished"] is True and a["choices"][0]["token_ids"] == [1, 2]
+    a.merge(_delta([2], prompt=9, finished=True))
+    assert a.prompt_tokens == 9 and a.finished is True and a.choices[0].token_ids == [1, 2]
+    assert a.choices[0].num_tokens == 2
+
+
+def test_streamed_deltas_count_tokens_without_shipping_ids():
+    """A stream's deltas carry counts, not ids: the SSE usage still counts every token."""
+    items = [Delta([ChoiceDelta(0, f"<{i}>", 1, None)], 7, False) for i in range(5)]
+    items.append(Delta([ChoiceDelta(0, "<5>", 1, "stop")], 7, True))
+    out = _run(items, interval=10.0, step=0.001)
+    assert all(c.token_ids is None for d in out for c in d.choices)
+    chunks = ChunkStream(request_id="r", model="m", created=0, n=1, include_usage=True)
+    for d in out:
+        list(chunks.on_delta(d))
+    *_, usage_line, done = chunks.finish()
+    assert '"completion_tokens":6' in usage_line and done == "data: [DONE]\n\n"

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.errors import InvalidRequestError
-from serve_app.media.loader import MediaSpec
+from serve_app.media.errors import MediaError
+from serve_app.media.spec import MediaSpec, check_item_count
 from serve_app.api.protocol import (
     ChatMessage,
     ImagePart,
@@ -27,14 +28,6 @@ from serve_app.api.protocol import (
 class ChatPlan:
     template_messages: list[dict[str, Any]]
     media: list[MediaSpec]
-
-    @property
-    def num_images(self) -> int:
-        return sum(1 for m in self.media if m.kind == "image")
-
-    @property
-    def num_videos(self) -> int:
-        return sum(1 for m in self.media if m.kind == "video")
 
 
 def plan_chat(messages: list[ChatMessage], max_media_items: int | None = None) -> ChatPlan:
@@ -58,16 +51,14 @@ def plan_chat(messages: list[ChatMessage], max_media_items: int | None = None) -
                 parts.append({"type": "image"})
             elif isinstance(part, (VideoURLPart, VideoPart)):
                 source = part.video_url.url if isinstance(part, VideoURLPart) else part.video
-                if isinstance(source, list) and not source:
-                    raise InvalidRequestError(f"{where}: a video frame list must not be empty", param=where)
                 media.append(MediaSpec(kind="video", source=source, options=part.media_options(), where=where))
                 parts.append({"type": "video"})
             else:  # pragma: no cover - the discriminated union admits nothing else
                 raise InvalidRequestError(f"{where}: unsupported content part", param=where)
         template.append({"role": msg.role, "content": parts})
-    if max_media_items is not None and len(media) > max_media_items:
-        raise InvalidRequestError(
-            f"the request has {len(media)} images/videos; this server accepts at most {max_media_items} per request",
-            param="messages",
-        )
+    if max_media_items is not None:
+        try:
+            check_item_count(media, max_media_items)
+        except MediaError as exc:
+            raise InvalidRequestError(str(exc), param="messages") from None
     return ChatPlan(template_messages=template, media=media)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ray import serve
 
 from serve_app.app_config import AppConfig
-from serve_app.media.loader import MediaSpec
+from serve_app.media.spec import MediaSpec
 from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.preprocess.preparer import MediaPreparer
 

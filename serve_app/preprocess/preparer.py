@@ -8,7 +8,8 @@ import logging
 from collections.abc import Sequence
 
 from serve_app.app_config import AppConfig
-from serve_app.media.loader import LoadedImage, MediaLoader, MediaSpec
+from serve_app.media.loader import LoadedImage, MediaLoader
+from serve_app.media.spec import MediaSpec
 from serve_app.preprocess.prepared import PreparedMedia, engine_video_metadata
 
 logger = logging.getLogger("serve_app.preprocess.preparer")

@@ -49,6 +49,15 @@ _ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 500, 503)}
 _BY_VALUE_MAX_BYTES = 1 << 20  # text-only requests up to this body size go to the engine over gRPC
 
 
+def transport(handle: DeploymentHandle, *, by_reference: bool, **options: Any) -> DeploymentHandle:
+    """``handle`` pinned to one call transport. ``_by_reference`` is a private option of Ray Serve's
+    handles (Ray 2.60): True sends calls as Ray actor calls, whose DeploymentResponse arguments reach
+    the callee as object-store references; False sends them by value over Serve's gRPC channel.
+    Under RAY_SERVE_THROUGHPUT_OPTIMIZED the default is by value. The one place that names it, so a
+    Ray upgrade that renames or drops it is fixed here (tests/api/test_ingress_wiring.py checks it)."""
+    return handle.options(_by_reference=by_reference, **options)
+
+
 def _error(exc: ServeAppError) -> JSONResponse:
     return JSONResponse(exc.to_body(), status_code=exc.status_code)
 
@@ -84,10 +93,10 @@ class Ingress:
         # (By value, which is Serve's default under RAY_SERVE_THROUGHPUT_OPTIMIZED, would resolve
         # the prepared media here and send it on.) Text-only requests up to _BY_VALUE_MAX_BYTES go
         # by value (gRPC): a streamed call that way measured 1.5-3 ms faster than a Ray actor call.
-        self._pre = preprocessor.options(_by_reference=True)
-        self._engine = engine.options(_by_reference=True)
-        self._engine_stream = engine.options(_by_reference=True, stream=True)
-        self._engine_stream_text = engine.options(_by_reference=False, stream=True)
+        self._pre = transport(preprocessor, by_reference=True)
+        self._engine = transport(engine, by_reference=True)
+        self._engine_stream = transport(engine, by_reference=True, stream=True)
+        self._engine_stream_text = transport(engine, by_reference=False, stream=True)
         self._config = config
         self._model = config.model.name
         self._created = int(time.time())

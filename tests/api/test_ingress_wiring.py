@@ -117,3 +117,13 @@ def test_chat_completions_picks_the_handle_by_media():
     assert status == 200
     assert media_calls == [("pre", "prepare", {"_by_reference": True}),
                            ("engine", "generate", {"_by_reference": True, "stream": True})]
+
+
+def test_the_private_transport_option_exists_in_this_ray():
+    """``transport`` relies on Serve's private ``_by_reference`` handle option (Ray 2.60): fail here,
+    not in production, if a Ray upgrade drops it."""
+    import inspect
+
+    from ray.serve.handle import DeploymentHandle
+
+    assert "_by_reference" in inspect.signature(DeploymentHandle.options).parameters

@@ -1,9 +1,9 @@
 """Chat messages → chat-template messages + the media they reference (pure).
 
-The preprocessor renders the model's own chat template over ``template_messages`` (each image or
+The engine renders the model's own chat template over ``template_messages`` (each image or
 video becomes ``{"type": "image"}`` / ``{"type": "video"}``, which Qwen2.5-VL's template turns into
-``<|vision_start|><|image_pad|><|vision_end|>``) and loads ``media`` in the same order, which is
-the order vLLM matches placeholders to items.
+``<|vision_start|><|image_pad|><|vision_end|>``); the preprocessor loads ``media`` in the same
+order, which is the order vLLM matches placeholders to items.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ PROMPT_LEN = 48
 TOPK = 20
 
 
-# --- checkpoint preparation (no GPU, no vLLM; tested in tests/test_awq_gpu_check.py) ------------------
+# --- checkpoint preparation (no GPU, no vLLM; tested in tests/awq/test_awq_gpu_check.py) ------------------
 
 
 def prepare(out: Path, *, pad_tp: list[int], control: bool, hidden: int = 1024, intermediate: int = 384,

@@ -102,7 +102,7 @@ def pin(cpu):
 
 # ----------------------------------------------------------------------------- inputs
 def make_inputs(cache: Path, video_seconds: int, want_video: bool):
-    from serve_app.media import synth
+    from serve_app.dev import synth_media as synth
 
     cache.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -126,7 +126,7 @@ def make_clip(seconds: int) -> bytes:
     """1080p30 H.264: a slowly panning photo-like scene with per-frame sensor noise."""
     import numpy as np
 
-    from serve_app.media import synth
+    from serve_app.dev import synth_media as synth
 
     W, H, FPS = 1920, 1080, 30
     base = synth.photo_like(W + 400, H + 300, 3)

@@ -8,7 +8,7 @@ What is derived from ``configs/qwen2.5-vl-72b-awq-tp4.yaml`` (and nothing is han
 * ``serveConfigV2`` of each RayService: the config file's text, verbatim (comments included);
 * the GPU worker group: GPUs per pod = engine replicas per pod x TP x PP; the Ray CPUs each GPU pod
   advertises = replicas per pod x the CPUs of one engine placement group
-  (:func:`serve_app.placement.engine_placement`), so a pod fits exactly its engine replicas'
+  (:func:`serve_app.engine.placement.engine_placement`), so a pod fits exactly its engine replicas'
   STRICT_PACK groups and nothing else; min/max pods from the Engine deployment's autoscaling bounds;
 * the CPU worker group's min/max pods from the Ingress and Preprocessor autoscaling bounds and
   their ``num_cpus``;
@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # `python cluster/render.py` as well as `python -
     sys.path.insert(0, str(ROOT))
 
 from serve_app.app_config import parse_app_config  # noqa: E402
-from serve_app.placement import engine_placement  # noqa: E402
+from serve_app.engine.placement import engine_placement  # noqa: E402
 from serve_app.ray_env import THROUGHPUT_ENV  # noqa: E402
 
 RAY_VERSION = "2.60.0"  # the Ray of requirements/cpu.lock; the image must run the same version

@@ -15,10 +15,10 @@ from typing import Any
 from ray.serve import Application
 
 from serve_app.app_config import AppConfig, parse_app_config
-from serve_app.deployments.engine import Engine
-from serve_app.deployments.ingress import Ingress
-from serve_app.deployments.preprocessor import Preprocessor
-from serve_app.placement import engine_placement
+from serve_app.engine.deployment import Engine
+from serve_app.api.ingress import Ingress
+from serve_app.preprocess.deployment import Preprocessor
+from serve_app.engine.placement import engine_placement
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

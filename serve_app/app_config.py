@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serve_app.errors import format_validation_error
 from serve_app.media.config import MediaConfig
 
 EMBEDDED_TINY_MODEL = "embedded:tiny-qwen2.5-vl"
@@ -155,18 +156,5 @@ def parse_app_config(args: dict[str, Any] | AppConfig | None) -> AppConfig:
     try:
         return AppConfig.model_validate(args or {})
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, prefix="args")) from None
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown key")
-        elif err["type"] == "missing":
-            parts.append(f"{loc}: required key is missing")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc} = {err.get('input')!r}: {msg}")
-    return "Invalid app config: " + "; ".join(parts)
+        raise ConfigError("Invalid app config: " + format_validation_error(
+            exc, prefix="args", field="key", unknown="unknown key", show_input=True, limit=None)) from None

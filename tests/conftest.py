@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
-    from serve_app import tiny_model
+    from serve_app.dev import tiny_model
 
     return tiny_model.ensure()
 

@@ -151,7 +151,7 @@ def test_log_follower_timestamps_lines(tmp_path):
 
 # ------------------------------------------------------------------------------------------ checkpoint
 def test_tiny_shape_table_equals_tiny_model():
-    from serve_app import tiny_model
+    from serve_app.dev import tiny_model
 
     specs = mc.tensor_specs(mc.SHAPE_TINY)
     assert [(s.name, s.shape) for s in specs] == list(tiny_model.weight_shapes().items())

@@ -22,7 +22,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app_config import parse_app_config
-from serve_app.placement import engine_placement
+from serve_app.engine.placement import engine_placement
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -7,7 +7,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app_config import parse_app_config
-from serve_app.placement import engine_placement
+from serve_app.engine.placement import engine_placement
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.yaml"))
 DEPLOYMENTS = {"Ingress", "Preprocessor", "Engine"}

@@ -111,6 +111,28 @@ def test_stream_equals_non_stream_at_temperature_zero(client):
     assert usage.prompt_tokens == full.usage.prompt_tokens
 
 
+def test_real_bodies_validate_against_openais_response_types(served):
+    """The server's own JSON and SSE bodies (n=2, logprobs, usage, an image) parse as the ``openai``
+    package's ChatCompletion / ChatCompletionChunk; each choice also carries ``token_ids``."""
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    content = [{"type": "image_url", "image_url": {"url": png_data_uri(56, 56)}}, {"type": "text", "text": "hi"}]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4, "n": 2,
+            "logprobs": True, "top_logprobs": 2, "ignore_eos": True}
+    r = _post(served, body)
+    assert r.status_code == 200, r.text
+    full = ChatCompletion.model_validate(r.json())
+    assert len(full.choices) == 2 and all(len(c.logprobs.content) == 4 for c in full.choices)
+    assert [len(c["token_ids"]) for c in r.json()["choices"]] == [4, 4] and full.usage.completion_tokens == 8
+    r = _post(served, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert r.status_code == 200
+    lines = [line for line in r.text.split("\n\n") if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [ChatCompletionChunk.model_validate(json.loads(line[len("data: "):])) for line in lines[:-1]]
+    assert chunks[-1].usage.completion_tokens == 8 and chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+    assert {c.index for ch in chunks for c in ch.choices} == {0, 1}
+
+
 def test_sampling_parameters_are_honoured(client):
     base = dict(model=MODEL, messages=[{"role": "user", "content": "seed test"}], max_tokens=6,
                 extra_body={"ignore_eos": True})

@@ -30,8 +30,8 @@ import yaml
 from PIL import Image
 
 from serve_app.app_config import parse_app_config
-from serve_app.batch_io import dumps_line, response_record
-from serve_app.placement import engine_placement
+from serve_app.batch.io import dumps_line, response_record
+from serve_app.engine.placement import engine_placement
 
 pytestmark = pytest.mark.cluster
 

@@ -256,7 +256,7 @@ def phase_build(args) -> dict[str, Any]:
         summary = {"shape": "external", "out": str(target)}
     elif args.shape == "tiny":
         if not (target / "model.safetensors").exists():
-            from serve_app import tiny_model
+            from serve_app.dev import tiny_model
 
             tiny_model.build(target)
         summary = {"shape": "tiny", "out": str(target), "vocab_size": mc.SHAPE_TINY.vocab_size,

@@ -2,12 +2,12 @@
 
     python -m bench.serve_bench.make_checkpoint --shape 7b --out /tmp/bench/model-7b
     python -m bench.serve_bench.make_checkpoint --shape 72b-awq --out /tmp/bench/model-72b-awq
-    python -m bench.serve_bench.make_checkpoint --shape tiny --out DIR      # = serve_app.tiny_model.build
+    python -m bench.serve_bench.make_checkpoint --shape tiny --out DIR      # = serve_app.dev.tiny_model.build
     python -m bench.serve_bench.make_checkpoint --shape 7b --out DIR --dry-run   # config + sizes, no weights
 
 Everything is the real model's except the vocabulary: the tokenizer is the tiny model's byte-level
 BPE (1024 merges-vocabulary + Qwen's 22 added tokens = 1046 ids, same special-token names, chat
-template and processor configs; :mod:`serve_app.tiny_model` writes them), and ``vocab_size`` is the
+template and processor configs; :mod:`serve_app.dev.tiny_model` writes them), and ``vocab_size`` is the
 next multiple of 64 above it (1088) instead of 152064. That changes only the sizes of
 ``embed_tokens`` and ``lm_head`` (7B: 2 x 545 M -> 2 x 3.9 M parameters, -2.2 GB of bf16 that a
 decode step reads once per token for lm_head only); every transformer layer, the vision tower and
@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
-from serve_app import tiny_model as tm
+from serve_app.dev import tiny_model as tm
 
 TOKENIZER_SIZE = tm.BASE_VOCAB_SIZE + len(tm.ADDED_TOKENS)  # 1046
 VOCAB_MULTIPLE = 64
@@ -105,7 +105,7 @@ SHAPE_72B_AWQ = Shape(
     vision_depth=32, vision_hidden=1280, vision_heads=16, vision_intermediate=3456,
     fullatt_block_indexes=(7, 15, 23, 31), dtype="float16", awq=True,
 )
-# The tiny test model's dimensions (serve_app.tiny_model), used to cross-check the shape table.
+# The tiny test model's dimensions (serve_app.dev.tiny_model), used to cross-check the shape table.
 SHAPE_TINY = Shape(
     name="tiny", text_hidden=tm.TEXT_HIDDEN, text_layers=tm.TEXT_LAYERS, text_heads=tm.TEXT_HEADS,
     text_kv_heads=tm.TEXT_KV_HEADS, text_intermediate=tm.TEXT_INTERMEDIATE, vision_depth=tm.VISION_DEPTH,
@@ -194,7 +194,7 @@ def _linear(name: str, out_f: int, in_f: int, dtype: str, awq: bool, bias: bool)
 
 def tensor_specs(shape: Shape) -> list[TensorSpec]:
     """Every tensor of the checkpoint, in the released checkpoints' naming (same order and names as
-    :func:`serve_app.tiny_model.weight_shapes`)."""
+    :func:`serve_app.dev.tiny_model.weight_shapes`)."""
     dt, awq = shape.dtype, shape.awq
     h, i, hd = shape.text_hidden, shape.text_intermediate, shape.head_dim
     q, kv = shape.text_heads * hd, shape.text_kv_heads * hd

@@ -1,6 +1,6 @@
 """The two servers under test, built from ONE set of engine arguments.
 
-The shared engine arguments are what :func:`serve_app.engine_args.build_engine_kwargs` makes of the
+The shared engine arguments are what :func:`serve_app.engine.args.build_engine_kwargs` makes of the
 bench's Serve config (the app's own code path, so ``mm_processor_kwargs`` etc. are exactly the app's);
 ``vllm serve`` gets the same dict as command-line flags. Both run in their own process group with a
 unique marker in their environment; stopping sends SIGINT, then SIGKILL, to the group, then to any
@@ -123,8 +123,8 @@ def app_args(settings: BenchSettings) -> dict[str, Any]:
 def shared_engine_kwargs(settings: BenchSettings) -> dict[str, Any]:
     """The vLLM engine arguments an app engine replica uses (the app's own builder)."""
     from serve_app.app_config import parse_app_config
-    from serve_app.engine_args import build_engine_kwargs
-    from serve_app.placement import engine_placement
+    from serve_app.engine.args import build_engine_kwargs
+    from serve_app.engine.placement import engine_placement
 
     config = parse_app_config(app_args(settings))
     return build_engine_kwargs(config, settings.model_dir, engine_placement(config.engine))

@@ -139,7 +139,7 @@ def video_path(assets: Path, workload: str, index: int) -> Path:
 
 
 def _write_image(path: str, seed: int, w: int, h: int, q: int) -> int:
-    from serve_app.media import synth
+    from serve_app.dev import synth_media as synth
 
     data = synth.jpeg(w, h, seed=seed, quality=q)
     tmp = path + ".tmp"
@@ -150,7 +150,7 @@ def _write_image(path: str, seed: int, w: int, h: int, q: int) -> int:
 
 
 def _write_video(path: str, seed: int, w: int, h: int, seconds: float, fps: float) -> int:
-    from serve_app.media import synth
+    from serve_app.dev import synth_media as synth
 
     n = max(2, int(round(seconds * fps)))
     try:

@@ -1,0 +1,235 @@
+"""Ingress deployment: the OpenAI-compatible HTTP API (FastAPI under ``@serve.ingress``).
+
+Per request: validate (pure models) → plan the chat (pure) → for media, ``Preprocessor.prepare``
+→ ``Engine.generate``, with the preprocessor's DeploymentResponse passed straight into the engine
+call so the pixels go preprocessor → engine through the object store, never through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.app_config import AppConfig
+from serve_app.errors import (
+    InvalidRequestError,
+    RequestTooLargeError,
+    ServeAppError,
+    format_validation_error,
+    to_serve_error,
+)
+from serve_app.api.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+    ModelList,
+)
+from serve_app.api.request_checks import check_request
+from serve_app.api.responses import ChunkStream, CompletionAccumulator
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(
+    title="Qwen2.5-VL on Ray Serve",
+    description="OpenAI-compatible chat completions for Qwen2.5-VL with images and videos.",
+    version="0.1.0",
+)
+
+_ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 500, 503)}
+_BY_VALUE_MAX_BYTES = 1 << 20  # text-only requests up to this body size go to the engine over gRPC
+
+
+def transport(handle: DeploymentHandle, *, by_reference: bool, **options: Any) -> DeploymentHandle:
+    """``handle`` pinned to one call transport. ``_by_reference`` is a private option of Ray Serve's
+    handles (Ray 2.60): True sends calls as Ray actor calls, whose DeploymentResponse arguments reach
+    the callee as object-store references; False sends them by value over Serve's gRPC channel.
+    Under RAY_SERVE_THROUGHPUT_OPTIMIZED the default is by value. The one place that names it, so a
+    Ray upgrade that renames or drops it is fixed here (tests/api/test_ingress_wiring.py checks it)."""
+    return handle.options(_by_reference=by_reference, **options)
+
+
+def _error(exc: ServeAppError) -> JSONResponse:
+    return JSONResponse(exc.to_body(), status_code=exc.status_code)
+
+
+def _openapi_with_models() -> dict[str, Any]:
+    """FastAPI only emits schemas used by parameters; the request body is parsed by hand (to cap
+    its size), so its schema and the response schemas are added here."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ChatCompletionRequest, ChatCompletionResponse, ChatCompletionChunk, ErrorResponse, ModelList):
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        for name, sub in js.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components[model.__name__] = js
+    app.openapi_schema = schema
+    return schema
+
+
+app.openapi = _openapi_with_models  # type: ignore[method-assign]
+
+
+# Everything that configures `app` must come before @serve.ingress, which freezes a copy of it.
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, preprocessor: DeploymentHandle, engine: DeploymentHandle, config: AppConfig) -> None:
+        # Media requests go by reference: the preprocessor's DeploymentResponse then reaches the
+        # engine replica as an object-store reference, so pixels never pass through this replica.
+        # (By value, which is Serve's default under RAY_SERVE_THROUGHPUT_OPTIMIZED, would resolve
+        # the prepared media here and send it on.) Text-only requests up to _BY_VALUE_MAX_BYTES go
+        # by value (gRPC): a streamed call that way measured 1.5-3 ms faster than a Ray actor call.
+        self._pre = transport(preprocessor, by_reference=True)
+        self._engine = transport(engine, by_reference=True)
+        self._engine_stream = transport(engine, by_reference=True, stream=True)
+        self._engine_stream_text = transport(engine, by_reference=False, stream=True)
+        self._config = config
+        self._model = config.model.name
+        self._created = int(time.time())
+        self._max_model_len: int | None = None
+
+    async def _request(self, raw: Request) -> tuple[ChatCompletionRequest, int]:
+        limit = self._config.serving.max_request_bytes
+        declared = raw.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestTooLargeError(f"request body exceeds {limit} bytes")
+        body = bytearray()
+        async for chunk in raw.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestTooLargeError(f"request body exceeds {limit} bytes")
+        try:
+            return ChatCompletionRequest.model_validate_json(bytes(body)), len(body)
+        except ValidationError as exc:
+            raise InvalidRequestError(format_validation_error(exc)) from None
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses={
+            200: {
+                "description": "A chat completion, or with stream=true an SSE stream of chunks ending in [DONE]",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionResponse"}},
+                    "text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}},
+                },
+            },
+            **_ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+            }
+        },
+    )
+    async def chat_completions(self, raw: Request):
+        try:
+            req, body_bytes = await self._request(raw)
+            checked = check_request(req, self._config)
+        except ServeAppError as exc:
+            return _error(exc)
+
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        engine_request = checked.engine_request(request_id, stream=req.stream)
+        if checked.plan.media:
+            media: Any = self._pre.prepare.remote(checked.plan.media)  # DeploymentResponse: resolved in the engine replica
+            engine = self._engine_stream
+        else:
+            media = None
+            # Replica gRPC messages are capped at 4 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH):
+            # a huge text prompt goes by reference, so it still gets vLLM's 400, not a transport 500.
+            engine = self._engine_stream_text if body_bytes <= _BY_VALUE_MAX_BYTES else self._engine_stream
+        gen = engine.generate.remote(engine_request, media)
+        if req.stream:
+            return await self._stream(gen, req, request_id)
+        acc = CompletionAccumulator(req.n, want_logprobs=checked.top_logprobs is not None)
+        try:
+            async for delta in gen:
+                acc.add(delta)
+        except asyncio.CancelledError:
+            gen.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error body
+            return self._failure(exc, request_id)
+        return JSONResponse(acc.response(request_id=request_id, model=self._model, created=int(time.time())))
+
+    async def _stream(self, gen, req: ChatCompletionRequest, request_id: str):
+        # Wait for the first delta before sending headers, so errors (bad media, prompt too long)
+        # still get a proper 4xx status instead of an in-stream error.
+        try:
+            first = await gen.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except Exception as exc:  # noqa: BLE001
+            return self._failure(exc, request_id)
+        chunks = ChunkStream(
+            request_id=request_id, model=self._model, created=int(time.time()), n=req.n,
+            include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        )
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                if first is not None:
+                    for line in chunks.on_delta(first):
+                        yield line
+                    async for delta in gen:
+                        for line in chunks.on_delta(delta):
+                            yield line
+                for line in chunks.finish():
+                    yield line
+            except asyncio.CancelledError:
+                # The client went away: cancelling the handle generator cancels the engine-side
+                # generator, which aborts the vLLM request.
+                gen.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001
+                err = self._classify_and_log(exc, request_id)
+                yield chunks.error(err.to_body())
+                yield "data: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
+
+    def _classify_and_log(self, exc: BaseException, request_id: str) -> ServeAppError:
+        err = to_serve_error(exc)
+        if err.status_code >= 500:
+            logger.error("request %s failed: %r", request_id, exc)
+        return err
+
+    def _failure(self, exc: BaseException, request_id: str) -> JSONResponse:
+        return _error(self._classify_and_log(exc, request_id))
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(self) -> dict[str, Any]:
+        if self._max_model_len is None:
+            info = await self._engine.model_info.remote()
+            self._max_model_len = info["max_model_len"]
+        return {
+            "object": "list",
+            "data": [{"id": self._model, "object": "model", "created": self._created, "owned_by": "serve_app",
+                      "max_model_len": self._max_model_len}],
+        }
+
+    @app.get("/stats")
+    async def stats(self) -> dict[str, Any]:
+        """Operational counters of one engine replica (requests vLLM is still working on)."""
+        return {"engine": await self._engine.stats.remote()}
+
+    @app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}

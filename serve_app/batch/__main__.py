@@ -1,0 +1,5 @@
+import sys
+
+from serve_app.batch.job import main
+
+sys.exit(main())

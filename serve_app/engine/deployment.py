@@ -1,0 +1,39 @@
+"""Engine deployment (GPU replicas): one vLLM ``AsyncLLM`` per replica, inside the replica's
+placement group (bundles and strategy from :mod:`serve_app.engine.placement`, set by ``build_app``)."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+from ray import serve
+
+from serve_app.app_config import AppConfig
+from serve_app.engine.contract import Delta, EngineRequest
+from serve_app.engine.runtime import EngineRuntime
+from serve_app.preprocess.prepared import PreparedMedia
+
+
+@serve.deployment(name="Engine")
+class Engine:
+    def __init__(self, config: AppConfig) -> None:
+        self._runtime = EngineRuntime(config)
+
+    async def model_info(self) -> dict[str, Any]:
+        return {"max_model_len": self._runtime.max_model_len}
+
+    async def stats(self) -> dict[str, int]:
+        return self._runtime.stats()
+
+    async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
+        """``media``: the preprocessor's output, passed as its own argument so that Serve resolves
+        the DeploymentResponse the ingress hands over (it resolves top-level arguments only)."""
+        async for delta in self._runtime.generate(request, media):
+            yield delta
+
+    async def check_health(self) -> None:
+        await self._runtime.check_health()
+
+    def __del__(self) -> None:
+        runtime = getattr(self, "_runtime", None)
+        if runtime is not None:
+            runtime.shutdown()

@@ -1,0 +1,153 @@
+"""One vLLM ``AsyncLLM`` and how requests run on it. Shared by the Serve engine deployment and the
+batch job, so both build the engine and sample exactly the same way. Imports vLLM lazily."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+from serve_app.app_config import AppConfig
+from serve_app.engine.args import build_engine_kwargs, cpu_threads_binding
+from serve_app.engine.parallel_env import FLASHINFER_BACKEND_VAR, engine_environment
+from serve_app.engine.startup import StartupLog
+from serve_app.errors import EngineStartError, InvalidRequestError, engine_cause, engine_error
+from serve_app.model_source import resolve_model_path
+from serve_app.engine.outputs import delta_from_output
+from serve_app.engine.placement import engine_placement
+from serve_app.engine.contract import Delta, EngineRequest
+from serve_app.engine.prompting import chat_renderer
+from serve_app.preprocess.prepared import PreparedMedia
+from serve_app.engine.stream_pacing import paced
+
+logger = logging.getLogger("serve_app.engine")
+
+
+class EngineRuntime:
+    def __init__(self, config: AppConfig, placement_group: Any = None) -> None:
+        """``placement_group``: the group whose bundles vLLM's Ray workers take (TP×PP > 1);
+        None means the caller's current placement group."""
+        t0 = time.monotonic()
+        model_path = resolve_model_path(config.model)
+        if config.engine.awq_preflight:
+            # Seconds, from config.json and safetensors headers, before vLLM is even imported:
+            # an AWQ shape that cannot shard at this TP fails here with the command that fixes it.
+            from serve_app.awq.preflight import require_tp_compatible
+
+            require_tp_compatible(model_path, config.engine.tensor_parallel_size)
+
+        # Before vLLM is imported: vLLM reads these at import and hands them to its workers.
+        for key, value in engine_environment(config.engine, os.environ).items():
+            if key == FLASHINFER_BACKEND_VAR and os.environ.get(key, value) != value:
+                logger.warning("%s=%s from the environment replaced by %s (args.engine.allreduce_fusion = %r)",
+                               key, os.environ[key], value, config.engine.allreduce_fusion)
+            os.environ[key] = value
+        if config.engine.accelerator == "CPU" and config.engine.world_size > 1:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_binding(
+                sorted(os.sched_getaffinity(0)), config.engine.world_size))
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+        placement = engine_placement(config.engine)
+        kwargs = build_engine_kwargs(config, model_path, placement)
+        try:
+            engine_args = AsyncEngineArgs(**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"args.engine.engine_kwargs: not accepted by this vLLM version: {exc}") from None
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        if placement.executor_backend == "ray":
+            if placement_group is None:
+                from ray.util.placement_group import get_current_placement_group
+
+                placement_group = get_current_placement_group()
+            if placement_group is None:
+                raise RuntimeError("a multi-device engine must run inside its placement group")
+            # Hand vLLM the replica's own placement group: its Ray workers take bundles 0..N-1.
+            vllm_config.parallel_config.placement_group = placement_group
+        startup_log = StartupLog()
+        try:
+            self.engine = AsyncLLM.from_vllm_config(
+                vllm_config,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                enable_log_requests=False,
+                disable_log_stats=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - any start failure becomes one line naming its cause
+            message = startup_log.failure_message(exc)
+            logger.error("%s", message, exc_info=exc)
+            raise EngineStartError(message) from None
+        self._stream_interval_s = config.serving.stream_interval_ms / 1000.0
+        self.max_model_len = vllm_config.model_config.max_model_len
+        # The defaults `vllm serve` applies from generation_config.json (temperature, top_p, ...).
+        self.default_sampling = dict(vllm_config.model_config.get_diff_sampling_param() or {})
+        self._render = chat_renderer(self.engine.tokenizer)  # vLLM's own: no second tokenizer here
+        logger.info("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
+                    config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
+
+    def sampling_params(self, sampling: dict[str, Any], stream: bool):
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        limit = sampling.get("max_tokens")
+        if limit is not None and limit >= self.max_model_len:
+            raise InvalidRequestError(
+                f"max_tokens = {limit} does not fit this model's context length of {self.max_model_len} tokens "
+                "(prompt included)", param="max_tokens")
+        fields = {**self.default_sampling, **sampling}
+        structured = fields.pop("structured_outputs", None)
+        if structured is not None:
+            fields["structured_outputs"] = StructuredOutputsParams(**structured)
+        fields["output_kind"] = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        try:
+            return SamplingParams(**fields)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"invalid sampling parameters: {exc}") from None
+
+    async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
+        """The deltas (:func:`serve_app.engine.outputs.delta_from_output`) of one request."""
+        request_id, stream = request.request_id, request.stream
+        vllm_prompt: dict[str, Any] = {"prompt": self._render(request.messages)}
+        if media is not None:
+            vllm_prompt.update(media.vllm_inputs())
+        params = self.sampling_params(request.sampling, stream)
+        produced = False
+
+        async def deltas() -> AsyncIterator[Delta]:
+            nonlocal produced
+            # AsyncLLM.generate aborts the request itself when this generator is closed or
+            # cancelled (the client went away and Serve cancelled the replica-side generator).
+            async for out in self.engine.generate(vllm_prompt, params, request_id):
+                produced = True
+                yield delta_from_output(out, top_logprobs=request.top_logprobs, with_token_ids=not stream)
+
+        source = deltas()
+        # Streams are paced (serve_app.engine.stream_pacing): one Serve message per interval per request
+        # instead of one per token; the first and the last delta are never delayed.
+        merged = paced(source, self._stream_interval_s if stream else 0.0)
+        try:
+            async for delta in merged:
+                yield delta
+        except Exception as exc:  # noqa: BLE001
+            err = engine_error(exc, before_output=not produced)
+            cause = engine_cause(exc)
+            if err.status_code >= 500:
+                logger.error("request %s failed in the engine", request_id, exc_info=cause)
+            else:
+                logger.warning("request %s rejected by the engine: %r", request_id, cause, exc_info=cause)
+            raise err from None
+        finally:
+            await merged.aclose()
+            await source.aclose()  # on cancellation too: closing vLLM's generator aborts the request
+
+    def stats(self) -> dict[str, int]:
+        return {"unfinished_requests": int(self.engine.get_num_unfinished_requests())}
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        try:
+            self.engine.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at teardown
+            pass

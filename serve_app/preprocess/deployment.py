@@ -1,0 +1,25 @@
+"""Preprocessor deployment (CPU replicas): media fetch/decode/resize.
+
+Its return value (a :class:`~serve_app.preprocess.prepared.PreparedMedia` holding numpy arrays)
+goes to the engine replica through Ray's object store: the ingress passes the DeploymentResponse
+straight into the engine call and never touches the pixels.
+"""
+
+from __future__ import annotations
+
+from ray import serve
+
+from serve_app.app_config import AppConfig
+from serve_app.media.spec import MediaSpec
+from serve_app.preprocess.prepared import PreparedMedia
+from serve_app.preprocess.preparer import MediaPreparer
+
+
+@serve.deployment(name="Preprocessor", ray_actor_options={"num_cpus": 1})
+class Preprocessor:
+    def __init__(self, config: AppConfig) -> None:
+        self._preparer = MediaPreparer(config)
+        self._preparer.warmup()
+
+    async def prepare(self, media: list[MediaSpec]) -> PreparedMedia:
+        return await self._preparer.prepare(media)

@@ -1,0 +1,40 @@
+"""A chat plan's media → :class:`~serve_app.preprocess.prepared.PreparedMedia`: every image and
+video fetched, decoded and resized. Shared by the Serve preprocessor deployment and the batch job
+(no Ray, no vLLM)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from serve_app.app_config import AppConfig
+from serve_app.media.loader import LoadedImage, MediaLoader
+from serve_app.media.spec import MediaSpec
+from serve_app.preprocess.prepared import PreparedMedia, engine_video_metadata
+
+logger = logging.getLogger("serve_app.preprocess.preparer")
+
+
+class MediaPreparer:
+    def __init__(self, config: AppConfig) -> None:
+        self._loader = MediaLoader(config.media)
+
+    def warmup(self) -> None:
+        """Import the decoders now (seconds) so the first media request does not pay for it. Best
+        effort: a decoder that is missing fails the requests that need it, not the replica."""
+        try:
+            self._loader.warmup()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("media decoder warm-up failed (the first request will retry): %r", exc)
+
+    async def prepare(self, media: Sequence[MediaSpec]) -> PreparedMedia:
+        loaded = await self._loader.load(media)  # decode work runs in the loader's threads
+        prepared = PreparedMedia()
+        for item in loaded:
+            if isinstance(item, LoadedImage):
+                prepared.images.append(item.array)  # the decoder's HWC uint8 array, no PIL round trip
+                prepared.image_uuids.append(item.uuid)
+            else:
+                prepared.videos.append((item.frames, engine_video_metadata(item.metadata)))
+                prepared.video_uuids.append(item.uuid)
+        return prepared

@@ -18,7 +18,7 @@ logger = logging.getLogger("serve_app.preprocess")
 
 class PromptPreparer:
     def __init__(self, config: AppConfig) -> None:
-        self._render = load_chat_renderer(resolve_model_path(config.model))
+        self._render = load_chat_renderer(resolve_model_path(config.model, files="tokenizer"))
         self._loader = MediaLoader(config.media)
 
     def warmup(self) -> None:

@@ -1,0 +1,1 @@
+"""ModelScope source (``modelscope://org/name``), through the ``modelscope`` hub client."""

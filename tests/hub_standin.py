@@ -28,6 +28,7 @@ class HubStandIn:
         self.throttle_bps: float | None = None
         self.corrupt: set[str] = set()
         self.hide: set[str] = set()
+        self.down = False  # drop every connection without an answer (an unreachable hub)
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._lock = threading.Lock()
         self._meta = {n: self._describe(n) for n in self.files}
@@ -101,6 +102,9 @@ class HubStandIn:
 
             def _serve(self, head: bool) -> None:
                 path = self._record()
+                if hub.down:
+                    self.close_connection = True
+                    return
                 api = f"/api/models/{hub.repo_id}/revision/"
                 if path.startswith(api):
                     siblings = [hub._meta[n] for n in hub.files if n not in hub.hide]

@@ -22,7 +22,7 @@ from serve_app.model_store.sources import ModelSource
 
 logger = logging.getLogger("serve_app.model_store")
 
-_CHUNK = 8 * 1024 * 1024
+_CHUNK = 1024 * 1024  # what a kill can lose of a partial file
 _ATTEMPTS = 5
 
 

@@ -109,9 +109,10 @@ def ensure_downloaded(source: ModelSource, cfg: DownloadConfig, file_set: FileSe
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(lock_path))
     started = time.monotonic()
+    timeout = 0.0  # first a try: a replica that has to wait says so at once
     while True:
         try:
-            lock.acquire(timeout=min(30.0, cfg.lock_timeout_s))
+            lock.acquire(timeout=timeout)
             break
         except filelock.Timeout:
             waited = time.monotonic() - started
@@ -120,6 +121,7 @@ def ensure_downloaded(source: ModelSource, cfg: DownloadConfig, file_set: FileSe
                                          f"lock {lock_path} (held by another replica on this node)") from None
             logger.info("%s: another process on this node is downloading it into %s; waiting (%.0fs so far)",
                         source.uri(), dest, waited)
+            timeout = min(30.0, cfg.lock_timeout_s - waited)
     try:
         if time.monotonic() - started > 1:
             logger.info("%s: download lock acquired after %.0fs", source.uri(), time.monotonic() - started)
@@ -199,7 +201,7 @@ def _fetch_all(source: ModelSource, fetcher: Fetcher, todo: list[RemoteFile], de
         while not stop.wait(PROGRESS_INTERVAL_S):
             have = bytes_on_disk(dest)
             rate = (have - start_bytes) / max(1e-3, time.monotonic() - t0)
-            logger.info("%s: %.2f / %.2f GB, %d / %d files, %.1f MB/s", source.uri(), have / 1e9, total / 1e9,
+            logger.info("%s: %s / %s, %d / %d files, %.1f MB/s", source.uri(), _human(have), _human(total),
                         done_files[0], len(todo), rate / 1e6)
 
     def one(f: RemoteFile) -> None:
@@ -219,3 +221,11 @@ def _fetch_all(source: ModelSource, fetcher: Fetcher, todo: list[RemoteFile], de
         raise ModelDownloadError(f"{source.uri()}: download failed: {type(exc).__name__}: {exc}") from exc
     finally:
         stop.set()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} GB"

@@ -29,7 +29,7 @@ def check_request(req: ChatCompletionRequest, config: AppConfig) -> ValidatedReq
         raise ModelNotFoundError(f"model '{req.model}' is not served here; this server serves '{served}'",
                                  param="model")
     sampling = sampling_kwargs(req, config.serving)
-    plan = plan_chat(req.messages, config.media.max_items_per_request)
+    plan = plan_chat(req.messages, config.media.max_items_per_request, config.media)
     top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return ValidatedRequest(req, sampling, plan, top_logprobs)
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.media.config import MediaConfig
+from serve_app.long_context import LongContextConfig
 from serve_app.model_store.config import DownloadConfig
 
 EMBEDDED_TINY_MODEL = "embedded:tiny-qwen2.5-vl"
@@ -52,6 +53,10 @@ class ModelSection(_Strict):
         None, description="Model name clients send in `model`; default: the repo id, or the directory's name."
     )
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    long_context: LongContextConfig | None = Field(
+        None, description="The model card's long-context switches (YaRN, or a larger max_position_embeddings "
+        "for long video), passed to vLLM as hf_overrides; see serve_app/long_context.py for the caveats."
+    )
 
     @model_validator(mode="after")
     def _valid_source(self) -> "ModelSection":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app.app_config import AppConfig
+from serve_app.long_context import long_context_kwargs
 from serve_app.placement import EnginePlacement
 
 # The engine-side HF processor runs Qwen2-VL's smart_resize again on what it receives. Our
@@ -30,6 +31,7 @@ def build_engine_kwargs(config: AppConfig, model_path: str, placement: EnginePla
     )
     if placement.executor_backend is not None:
         kwargs["distributed_executor_backend"] = placement.executor_backend
+    kwargs.update(long_context_kwargs(config.model.long_context, model_path, kwargs))
     mm = dict(kwargs.get("mm_processor_kwargs") or {})
     # transformers 5 spells the bounds as `size` (min_pixels/max_pixels in a processor call are
     # deprecated and warn on every request); both edges are required.

@@ -101,9 +101,22 @@ def _marker_ok(dest: pathlib.Path, marker: dict | None, file_set: FileSet) -> bo
     return True
 
 
+def _make_visible(log: logging.Logger) -> None:
+    """Progress nobody sees is no progress: inside a Serve replica nothing configures this logger,
+    so INFO would be dropped. Then it writes to stderr itself (Ray keeps it in the worker's log and
+    `serve run` shows it)."""
+    if log.getEffectiveLevel() > logging.INFO and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def ensure_downloaded(source: ModelSource, cfg: DownloadConfig, file_set: FileSet = "all",
                       fetcher: Fetcher | None = None) -> pathlib.Path:
     """The local directory of ``source``, downloading what is missing (under the node's lock)."""
+    _make_visible(logger)
     dest = cache_dir_for(source, cfg)
     lock_path = dest.parent.parent.parent / ".locks" / f"{dest.name}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,35 @@
+"""End to end on the CPU build: `serve run` of a Hugging Face repo id with a pinned revision, from
+the loopback hub stand-in (tests/hub_standin.py) through huggingface_hub, real Serve, HTTP and vLLM."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.hub_standin import COMMIT, HubStandIn
+from tests.test_e2e_model_sources import MODEL, serve
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def hf_served(tmp_path_factory, tiny_model_dir):
+    with HubStandIn("Qwen/Qwen2.5-VL-tiny", tiny_model_dir) as hub:
+        cache = tmp_path_factory.mktemp("model-cache")
+        args = {"model": {"path": "hf://Qwen/Qwen2.5-VL-tiny", "revision": COMMIT, "served_name": MODEL,
+                          "download": {"endpoint_url": hub.url, "cache_dir": str(cache)}}}
+        for proc in serve(tmp_path_factory, args, {"HF_HUB_OFFLINE": "0"}, {"HF_HUB_OFFLINE": "0"}):
+            yield proc, hub, cache
+
+
+def test_hf_model_served_after_one_download(hf_served):
+    proc, hub, cache = hf_served
+    client = openai.OpenAI(base_url=f"{proc.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello"}],
+                                          max_tokens=3, temperature=0)
+    assert resp.usage.completion_tokens == 3
+    # Preprocessor (tokenizer files) and engine (everything) shared one cache directory and the
+    # weights came over the wire exactly once.
+    assert hub.gets("model.safetensors") == [None]
+    assert len(hub.gets("tokenizer.json")) == 1
+    assert len(list(cache.rglob(".serve_app_model.json"))) == 1

@@ -379,3 +379,36 @@ def test_engine_downloads_then_runs_the_awq_preflight(moto_url, tmp_path):
     with pytest.raises(AwqShapeError, match="python -m serve_app.awq pad"):
         EngineRuntime(cfg)
     assert list(tmp_path.rglob(MARKER))  # downloaded and verified first
+
+
+# ------------------------------------------------------------------------------------------------
+# ModelScope (the modelscope client against a loopback stand-in)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def modelscope(tiny_model_dir):
+    from tests.modelscope_standin import ModelScopeStandIn
+
+    with ModelScopeStandIn(REPO, tiny_model_dir) as ms:
+        yield ms
+
+
+def test_modelscope_first_download_warm_cache_and_tokenizer_subset(modelscope, tmp_path, tiny_model_dir):
+    cfg = DownloadConfig(cache_dir=str(tmp_path), endpoint_url=modelscope.url)
+    tok = pathlib.Path(local_model_dir(f"modelscope://{REPO}", "master", cfg, file_set="tokenizer"))
+    assert not (tok / "model.safetensors").exists() and modelscope.gets("model.safetensors") == []
+    out = pathlib.Path(local_model_dir(f"modelscope://{REPO}", "master", cfg))
+    assert out == tok and same_files(out, tiny_model_dir)
+    assert json.loads((out / MARKER).read_text())["files"]["model.safetensors"]["sha256"]
+    assert modelscope.gets("model.safetensors") == [None] and len(modelscope.gets("config.json")) == 1
+    n = len(modelscope.requests)
+    assert local_model_dir(f"modelscope://{REPO}", "master", cfg) == str(out)
+    assert len(modelscope.requests) == n
+
+
+def test_modelscope_corrupted_file_is_refused(modelscope, tmp_path):
+    modelscope.corrupt = {"model.safetensors"}
+    cfg = DownloadConfig(cache_dir=str(tmp_path), endpoint_url=modelscope.url)
+    with pytest.raises(ModelDownloadError, match="model.safetensors"):
+        local_model_dir(f"modelscope://{REPO}", "master", cfg)
+    assert not list(tmp_path.rglob(MARKER)) and not list(tmp_path.rglob("model.safetensors"))

@@ -164,8 +164,8 @@ def _download(source: ModelSource, cfg: DownloadConfig, file_set: FileSet, dest:
         fetcher.cleanup_stale(dest)
     todo = [f for f in files if quick_problem(dest, f)]
     total = sum(f.size for f in files)
-    logger.info("%s: downloading %d of %d files (%.2f GB of %.2f GB) into %s", source.uri(), len(todo),
-                len(files), sum(f.size for f in todo) / 1e9, total / 1e9, dest)
+    logger.info("%s: downloading %d of %d files (%s of %s) into %s", source.uri(), len(todo),
+                len(files), _human(sum(f.size for f in todo)), _human(total), dest)
     _fetch_all(source, fetcher, todo, dest, total, cfg.workers)
 
     # Verify everything (files kept from an interrupted attempt included); a bad file is fetched
@@ -197,7 +197,7 @@ def _download(source: ModelSource, cfg: DownloadConfig, file_set: FileSet, dest:
     tmp = dest / f"{MARKER}.tmp"
     tmp.write_text(json.dumps(marker, indent=1, sort_keys=True))
     os.replace(tmp, dest / MARKER)
-    logger.info("%s: %d files, %.2f GB ready in %s (%.0fs, verified: %s)", source.uri(), len(files), total / 1e9,
+    logger.info("%s: %d files, %s ready in %s (%.0fs, verified: %s)", source.uri(), len(files), _human(total),
                 dest, time.monotonic() - t0, cfg.verify)
 
 

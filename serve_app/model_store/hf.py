@@ -4,8 +4,8 @@
 Listing: ``model_info(files_metadata=True)`` gives every file's size, the sha256 of LFS files and the
 git blob id of the others, all of which are verified after the download. Each file is fetched with
 ``hf_hub_download(local_dir=...)``, which writes to a temporary file and renames it into place, so
-a killed download keeps every finished file; the unfinished ones start again (huggingface_hub
-≥ 1.x no longer continues partial files).
+a killed download keeps every finished file; the unfinished ones start again with huggingface_hub
+≥ 1.x, which no longer continues partial files (0.x continues them).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class HfFetcher:
     def list_files(self) -> tuple[list[RemoteFile], str | None]:
         from huggingface_hub import constants
 
-        if constants.is_offline_mode():
+        offline = getattr(constants, "is_offline_mode", None)
+        if offline() if offline else constants.HF_HUB_OFFLINE:
             raise RuntimeError("HF_HUB_OFFLINE is set on this node (unset it, or fill the cache first)")
         info = self.api.model_info(self.source.location, revision=self.source.revision, files_metadata=True)
         self.commit = info.sha
@@ -56,7 +57,12 @@ class HfFetcher:
         meta.unlink(missing_ok=True)
 
     def cleanup_stale(self, dest: pathlib.Path) -> None:
-        """Temporary files of a killed earlier attempt (never reused by huggingface_hub)."""
+        """Temporary files of a killed earlier attempt: huggingface_hub ≥ 1.x names them per process
+        and never reuses them (0.x continues them, so they stay)."""
+        import huggingface_hub
+
+        if int(huggingface_hub.__version__.split(".")[0]) < 1:
+            return
         root = dest / ".cache" / "huggingface" / "download"
         if root.is_dir():
             for p in root.rglob("*.incomplete"):

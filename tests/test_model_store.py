@@ -412,3 +412,28 @@ def test_modelscope_corrupted_file_is_refused(modelscope, tmp_path):
     with pytest.raises(ModelDownloadError, match="model.safetensors"):
         local_model_dir(f"modelscope://{REPO}", "master", cfg)
     assert not list(tmp_path.rglob(MARKER)) and not list(tmp_path.rglob("model.safetensors"))
+
+
+def test_s3_two_part_multipart_etag_is_recomputed(moto_url, tmp_path):
+    from boto3.s3.transfer import TransferConfig
+
+    from serve_app.model_store.files import RemoteFile, hash_problem
+
+    s3 = s3_client(moto_url)
+    s3.create_bucket(Bucket="multipart")
+    weights = os.urandom(6 * 1024 * 1024 + 123)
+    (tmp_path / "w.safetensors").write_bytes(weights)
+    s3.put_object(Bucket="multipart", Key="m/config.json", Body=b"{}")
+    mib = 1024 * 1024
+    s3.upload_file(str(tmp_path / "w.safetensors"), "multipart", "m/w.safetensors",
+                   Config=TransferConfig(multipart_threshold=5 * mib, multipart_chunksize=5 * mib))
+    cfg = DownloadConfig(cache_dir=str(tmp_path / "cache"), endpoint_url=moto_url)
+    out = pathlib.Path(local_model_dir("s3://multipart/m", None, cfg))
+    meta = json.loads((out / MARKER).read_text())["files"]["w.safetensors"]
+    assert meta["s3_multipart"][0].endswith("-2") and meta["s3_multipart"][1] == 5 * mib
+    f = RemoteFile.from_json("w.safetensors", meta)
+    assert hash_problem(out, f) is None
+    bad = bytearray(weights)
+    bad[5 * mib + 7] ^= 1  # one bit in the second part
+    (out / "w.safetensors").write_bytes(bytes(bad))
+    assert "multipart ETag" in hash_problem(out, f)

@@ -52,9 +52,15 @@ class S3Fetcher:
                     continue
                 etag = obj["ETag"].strip('"')
                 if "-" in etag:
+                    # The multipart ETag is the MD5 of the parts' MD5s: recomputable when the parts
+                    # are of one size (what aws s3, boto3, rclone and mc upload), read from part 1.
                     head = self.s3.head_object(Bucket=bucket, Key=key, PartNumber=1)
-                    files.append(RemoteFile(name, int(obj["Size"]), s3_multipart=(etag, int(head["ContentLength"])),
-                                            extra={"key": key, "etag": etag}))
+                    size, part, n = int(obj["Size"]), int(head["ContentLength"]), int(etag.rsplit("-", 1)[1])
+                    if part > 0 and (n - 1) * part < size <= n * part:
+                        files.append(RemoteFile(name, size, s3_multipart=(etag, part), extra={"key": key, "etag": etag}))
+                    else:
+                        logger.warning("s3://%s/%s: parts of uneven size; checked by size only", bucket, key)
+                        files.append(RemoteFile(name, size, extra={"key": key, "etag": etag}))
                 else:
                     files.append(RemoteFile(name, int(obj["Size"]), md5=etag, extra={"key": key, "etag": etag}))
         if not files:

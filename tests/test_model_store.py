@@ -437,3 +437,19 @@ def test_s3_two_part_multipart_etag_is_recomputed(moto_url, tmp_path):
     bad[5 * mib + 7] ^= 1  # one bit in the second part
     (out / "w.safetensors").write_bytes(bytes(bad))
     assert "multipart ETag" in hash_problem(out, f)
+
+
+def test_cli_fetch_and_verify(hub, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="0")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "serve_app.model_store", *a], env=env,  # noqa: E731
+                                    capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = run("fetch", REPO, "--revision", COMMIT, "--cache-dir", str(tmp_path), "--endpoint-url", hub.url)
+    assert r.returncode == 0, r.stderr
+    out = pathlib.Path(r.stdout.strip())
+    r = run("verify", str(out))
+    assert r.returncode == 0 and "8 of 8 files match" in r.stdout
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # same size: only a hash sees it
+    (out / "model.safetensors").write_bytes(bytes(data))
+    r = run("verify", str(out))
+    assert r.returncode == 1 and "model.safetensors: sha256" in r.stdout

@@ -24,7 +24,10 @@ from serve_app.placement import engine_placement
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = parse_app_config(args)
     _check_engine_kwargs_if_possible(config)
-    engine = Engine.options(**engine_placement(config.engine).deployment_options()).bind(config)
+    engine = Engine.options(
+        **engine_placement(config.engine).deployment_options(),
+        max_constructor_retry_count=config.engine.start_attempts,
+    ).bind(config)
     preprocessor = Preprocessor.bind(config)
     return Ingress.bind(preprocessor, engine, config)
 

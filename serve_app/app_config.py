@@ -109,6 +109,22 @@ class EngineSection(_Strict):
     awq_preflight: bool = Field(
         True, description="Check AWQ weight shapes against the tensor-parallel size before loading weights."
     )
+    start_attempts: int = Field(
+        2, ge=1, le=20,
+        description="Times Serve tries to start an engine replica before the deployment is DEPLOY_FAILED "
+        "with the cause (Serve's max_constructor_retry_count; its own default grows with the replica "
+        "count, up to 20 starts of minutes each). A failed start reports its cause in one line.",
+    )
+    allreduce_fusion: Literal["off", "trtllm", "mnnvl"] = Field(
+        "off",
+        description="vLLM's compiled allreduce + RMSNorm fusion (FlashInfer kernels) for GPU engines with "
+        "tensor_parallel_size > 1. 'off': vLLM's custom allreduce (CUDA IPC over NVLink/PCIe, no NVLink "
+        "multicast) followed by a separate RMSNorm; runs on any host and needs no kernel JIT at start. "
+        "'trtllm': FlashInfer's TensorRT-LLM fused kernels (one node; JIT-compiled on first start). "
+        "'mnnvl': FlashInfer's multicast kernels; needs NVSwitch multicast and is refused where the "
+        "environment turns multicast off. vLLM's own default picks mnnvl, which fails on hosts without "
+        "multicast, so the app never leaves the choice to vLLM (see serve_app/engine/parallel_env.py).",
+    )
 
     @property
     def world_size(self) -> int:
@@ -120,6 +136,10 @@ class EngineSection(_Strict):
         for key in value:
             if key in _RESERVED_ENGINE_KWARGS:
                 raise ValueError(f"'{key}' is set by the app; use {_RESERVED_ENGINE_KWARGS[key]} instead")
+        compilation = value.get("compilation_config") or {}
+        if isinstance(compilation, dict) and "fuse_allreduce_rms" in (compilation.get("pass_config") or {}):
+            raise ValueError("'compilation_config.pass_config.fuse_allreduce_rms' is set by the app; "
+                             "use engine.allreduce_fusion instead")
         return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app.app_config import AppConfig
+from serve_app.engine.parallel_env import compilation_overrides, merge_compilation_config
 from serve_app.long_context import long_context_kwargs
 from serve_app.placement import EnginePlacement
 
@@ -31,6 +32,9 @@ def build_engine_kwargs(config: AppConfig, model_path: str, placement: EnginePla
     )
     if placement.executor_backend is not None:
         kwargs["distributed_executor_backend"] = placement.executor_backend
+    compilation = merge_compilation_config(kwargs.get("compilation_config"), compilation_overrides(config.engine))
+    if compilation is not None:
+        kwargs["compilation_config"] = compilation
     kwargs.update(long_context_kwargs(config.model.long_context, model_path, kwargs))
     mm = dict(kwargs.get("mm_processor_kwargs") or {})
     # transformers 5 spells the bounds as `size` (min_pixels/max_pixels in a processor call are

@@ -9,8 +9,10 @@ import time
 from typing import Any, AsyncIterator
 
 from serve_app.app_config import AppConfig
+from serve_app.engine.parallel_env import FLASHINFER_BACKEND_VAR, engine_environment
 from serve_app.engine_args import build_engine_kwargs, cpu_threads_binding
-from serve_app.errors import EngineError, InvalidRequestError
+from serve_app.engine.startup import StartupLog
+from serve_app.errors import EngineError, EngineStartError, InvalidRequestError
 from serve_app.model_source import resolve_model_path
 from serve_app.outputs import delta_from_output
 from serve_app.placement import engine_placement
@@ -41,6 +43,12 @@ class EngineRuntime:
 
             require_tp_compatible(model_path, config.engine.tensor_parallel_size)
 
+        # Before vLLM is imported: vLLM reads these at import and hands them to its workers.
+        for key, value in engine_environment(config.engine, os.environ).items():
+            if key == FLASHINFER_BACKEND_VAR and os.environ.get(key, value) != value:
+                logger.warning("%s=%s from the environment replaced by %s (args.engine.allreduce_fusion = %r)",
+                               key, os.environ[key], value, config.engine.allreduce_fusion)
+            os.environ[key] = value
         if config.engine.accelerator == "CPU" and config.engine.world_size > 1:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_binding(
                 sorted(os.sched_getaffinity(0)), config.engine.world_size))
@@ -64,12 +72,18 @@ class EngineRuntime:
                 raise RuntimeError("a multi-device engine must run inside its placement group")
             # Hand vLLM the replica's own placement group: its Ray workers take bundles 0..N-1.
             vllm_config.parallel_config.placement_group = placement_group
-        self.engine = AsyncLLM.from_vllm_config(
-            vllm_config,
-            usage_context=UsageContext.OPENAI_API_SERVER,
-            enable_log_requests=False,
-            disable_log_stats=False,
-        )
+        startup_log = StartupLog()
+        try:
+            self.engine = AsyncLLM.from_vllm_config(
+                vllm_config,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                enable_log_requests=False,
+                disable_log_stats=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - any start failure becomes one line naming its cause
+            message = startup_log.failure_message(exc)
+            logger.error("%s", message, exc_info=exc)
+            raise EngineStartError(message) from None
         self._stream_interval_s = config.serving.stream_interval_ms / 1000.0
         self.max_model_len = vllm_config.model_config.max_model_len
         # The defaults `vllm serve` applies from generation_config.json (temperature, top_p, ...).

@@ -59,5 +59,9 @@ class EngineError(ServeAppError):
     error_type = "internal_error"
 
 
+class EngineStartError(EngineError):
+    """The vLLM engine of a replica (or batch actor) could not start; the message names the cause."""
+
+
 def error_body(message: str, error_type: str, code: int, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}

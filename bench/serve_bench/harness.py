@@ -32,12 +32,15 @@ from typing import Any
 from serve_app.ray_env import THROUGHPUT_ENV
 
 from . import coldstart, report, workloads
-from .servers import (BenchSettings, ServerProcess, StaticServer, base_env, free_port, gpu_info, serve_command,
-                      serve_config, shared_engine_kwargs, vllm_command, wait_gpu_free)
+from serve_app.engine.parallel_env import FLASHINFER_BACKEND_VAR, MULTICAST_OFF, RAY_COPY_VAR
 
-PHASES = ("build", "bw", "vllm", "app", "report")
+from .servers import (BenchSettings, ServerProcess, StaticServer, base_env, env_audit, free_port, gpu_info,
+                      serve_command, serve_config, shared_engine_kwargs, vllm_command, wait_gpu_free)
+
+PHASES = ("build", "bw", "vllm", "app", "fail", "report")
 STOP_RESERVE_S = 45.0  # kept at the end of a load phase for stopping the server and writing results
 OUT_LOG_LIMIT = 8 << 20
+AUDITED_ENV = [*MULTICAST_OFF, FLASHINFER_BACKEND_VAR, RAY_COPY_VAR, "VLLM_USE_FLASHINFER_SAMPLER", "CUDA_VISIBLE_DEVICES"]
 
 
 def _log(msg: str) -> None:
@@ -84,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment variable for the app only (serve run, its Ray processes and replicas), "
                          "e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 (repeatable)")
+    ap.add_argument("--allreduce-fusion", default="off", choices=["off", "trtllm", "mnnvl"],
+                    help="args.engine.allreduce_fusion of the app (TP > 1); vllm serve gets the same "
+                         "compilation_config and FlashInfer backend")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment variable for both servers (repeatable), e.g. VLLM_USE_FLASHINFER_SAMPLER=0")
     ap.add_argument("--compile-cache", default="fresh", choices=["fresh", "reuse", "shared"],
                     help="fresh: each launch compiles from scratch (cold start as a new machine sees it); "
                          "reuse: the newest cache an earlier launch in WORKDIR left (a warm restart); "
@@ -131,13 +139,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except json.JSONDecodeError:
             extra[k.strip()] = v
     args.extra_engine_kwargs = extra
-    args.app_env_vars = {}
-    for item in args.app_env:
+    args.app_env_vars = _env_pairs(ap, "--app-env", args.app_env)
+    args.server_env_vars = _env_pairs(ap, "--server-env", args.server_env)
+    return args
+
+
+def _env_pairs(ap: argparse.ArgumentParser, flag: str, items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
         k, sep, v = item.partition("=")
         if not sep or not k.strip():
-            ap.error(f"--app-env {item!r}: expected KEY=VALUE")
-        args.app_env_vars[k.strip()] = v
-    return args
+            ap.error(f"{flag} {item!r}: expected KEY=VALUE")
+        out[k.strip()] = v
+    return out
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -205,6 +219,7 @@ def settings_for(args) -> BenchSettings:
         preprocessor_replicas=args.preprocessor_replicas, preprocessor_cpus=args.preprocessor_cpus,
         max_concurrency=max(args.concurrency), limit_images=max(4, args.images_per_request),
         video_frames=_app_video_frames(args.video_seconds, args.video_fps),
+        allreduce_fusion=args.allreduce_fusion,
     )
 
 
@@ -376,7 +391,7 @@ def phase_load(args, server: str) -> dict[str, Any]:
         cache_dir = _cache_dir(args, server, stamp)
         result["compile_cache"] = {"mode": args.compile_cache, "dir": str(cache_dir),
                                    "existed": cache_dir.is_dir()}
-        env = base_env(settings, cache_dir)
+        env = dict(base_env(settings, cache_dir), **args.server_env_vars)
         port = free_port()
         log_path = logs / f"{server}-{stamp}.log"
         result["engine_kwargs"] = shared_engine_kwargs(settings)
@@ -406,6 +421,7 @@ def phase_load(args, server: str) -> dict[str, Any]:
         try:
             ready_s = proc.wait_ready(settings.served_name, min(args.ready_timeout, deadline - time.monotonic() - 30))
             _log(f"{server} ready after {ready_s:.1f}s")
+            result["env_audit"] = env_audit(proc.marker, AUDITED_ENV)
             t_probe = time.monotonic()
             rec = single_request(proc.base_url, probe, timeout_s=120)
             if rec.ttft is not None:
@@ -458,6 +474,56 @@ def phase_load(args, server: str) -> dict[str, Any]:
     _copy_to_out(args, log_path, f"{name_}-server.log")
     _log(f"{server} phase done in {result['phase_seconds']}s; cold start: "
          f"{json.dumps({k: v for k, v in result['coldstart'].items() if k != 'timeline'})}")
+    return result
+
+
+def phase_fail(args) -> dict[str, Any]:
+    """Start the app on a checkpoint that must not start (``--model``, e.g. an unpadded AWQ at TP 2):
+    how long until Serve gives the Engine deployment up, how many replicas it tried, the one-line
+    cause, and what ``serve status`` says then."""
+    import re
+
+    import yaml
+
+    settings = settings_for(args)
+    logs = args.workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name_ = f"fail-{args.tag}" if args.tag else "fail"
+    env = dict(base_env(settings, None), **args.server_env_vars, **args.app_env_vars)
+    port = free_port()
+    cfg = serve_config(settings, port, env)
+    cfg_path = args.workdir / f"serve-config-{stamp}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log_path = logs / f"{name_}-{stamp}.log"
+    proc = ServerProcess(serve_command(cfg_path), dict(env, RAY_ADDRESS="local", RAY_DEDUP_LOGS="0"), log_path,
+                         f"http://127.0.0.1:{port}")
+    result: dict[str, Any] = {"phase": "fail", "tag": args.tag, "date": _now(), "model_dir": settings.model_dir,
+                              "tensor_parallel_size": settings.tensor_parallel_size, "serve_config": cfg}
+    gave_up = re.compile(r"Failed to update the deployments \['Engine'\]|Engine.*DEPLOY_FAILED")
+    text = ""
+    try:
+        deadline = proc.t0 + args.ready_timeout
+        while time.monotonic() < deadline and proc.proc.poll() is None:
+            text = log_path.read_text(errors="replace")
+            if gave_up.search(text):
+                result["seconds_to_failed"] = round(time.monotonic() - proc.t0, 1)
+                break
+            time.sleep(1)
+        dash = re.search(r"dashboard at \S*?http://127\.0\.0\.1:(\d+)", text)
+        if dash:  # Serve's own view (the CLI carries the dashboard's auth token; plain HTTP gets a 401)
+            st = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "status", "-a",
+                                 f"http://127.0.0.1:{dash.group(1)}"], capture_output=True, text=True, timeout=60)
+            result["serve_status"] = st.stdout[-4000:] or st.stderr[-2000:]
+    finally:
+        result["stop"] = proc.stop()
+    text = log_path.read_text(errors="replace")
+    causes = re.findall(r"(?:vLLM engine failed to start: .*|AwqShapeError: .*)", text)
+    result["cause_lines"] = sorted(set(c[:400] for c in causes))
+    result["engine_replicas_started"] = len(re.findall(r"Adding 1 replica to Deployment\(name='Engine'", text))
+    _save_json(args.out / f"{name_}.json", result)
+    _copy_to_out(args, log_path, f"{name_}-server.log")
+    _log(f"fail phase: {json.dumps({k: v for k, v in result.items() if k != 'serve_config'})[:3000]}")
     return result
 
 
@@ -517,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         elif phase in ("vllm", "app"):
             r = phase_load(args, phase)
             if r.get("error"):
+                rc = 1
+        elif phase == "fail":
+            r = phase_fail(args)
+            if r.get("seconds_to_failed") is None:
                 rc = 1
         elif phase == "report":
             phase_report(args)

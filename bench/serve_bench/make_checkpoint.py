@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-gb", type=float, default=5.0)
     ap.add_argument("--layers", type=int, default=None, help="override the text layer count (tests, dry runs)")
     ap.add_argument("--vision-depth", type=int, default=None, help="override the vision depth (tests, dry runs)")
+    ap.add_argument("--intermediate", type=int, default=None,
+                    help="override the text MLP intermediate size (e.g. 29568, the unpadded 72B-AWQ, which the "
+                         "app must refuse at TP 2/4/8)")
     ap.add_argument("--dry-run", action="store_true", help="write config/tokenizer files and print sizes; no weights")
     ap.add_argument("--print-shapes", action="store_true", help="print the tensor table (name, dtype, shape)")
     args = ap.parse_args(argv)
@@ -402,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"shape": "tiny", "out": str(path), "disk_bytes": disk_bytes(path)}))
         return 0
     shape = SHAPES[args.shape].with_layers(args.layers, args.vision_depth)
+    if args.intermediate:
+        shape = replace(shape, text_intermediate=args.intermediate)
     if args.print_shapes:
         for line in iter_shape_table(shape):
             print(line)

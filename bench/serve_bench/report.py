@@ -166,11 +166,17 @@ def bound_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> str | No
     bw = results.get("bw")
     if not bw or not bw.get("bound_tpot_ms"):
         return None
+    # Tensor parallelism splits every decoder weight (and the lm_head) over the GPUs, each reading
+    # its share from its own memory at the same time: the bound divides by the TP size.
+    tp = max((int((results.get(s) or {}).get("engine_kwargs", {}).get("tensor_parallel_size") or 1)
+              for s in SERVERS), default=1)
+    bound_ms = bw["bound_tpot_ms"] / tp
     lines = [
         f"Copy bandwidth {bw['copy_gbps_best']:.0f} GB/s (best of {bw['iters']}, median "
         f"{bw['copy_gbps_median']:.0f}) on {bw.get('device_name', bw['device'])}; bytes read per decode step "
-        f"{_count(bw['decode_bytes'])}B → bound TPOT {bw['bound_tpot_ms']:.2f} ms "
-        f"({bw['bound_tok_per_s']:.0f} tok/s at batch 1).",
+        f"{_count(bw['decode_bytes'])}B"
+        + (f", {_count(bw['decode_bytes'] / tp)}B per GPU at TP {tp}" if tp > 1 else "")
+        + f" → bound TPOT {bound_ms:.2f} ms ({1000 / bound_ms:.0f} tok/s at batch 1).",
         "",
         "| server | workload | TPOT p50 at concurrency 1 (ms) | tok/s | % of bound |",
         "|---|---|---|---|---|",
@@ -185,7 +191,7 @@ def bound_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> str | No
                 t = lv["tpot_ms"]["p50"]
                 any_row = True
                 lines.append(f"| {LABEL[s]} | {r['workload']} | {t:.2f} | {1000 / t:.0f} "
-                             f"| {100 * bw['bound_tpot_ms'] / t:.0f}% |")
+                             f"| {100 * bound_ms / t:.0f}% |")
     return "\n".join(lines) if any_row else "\n".join(lines[:1])
 
 
@@ -211,6 +217,19 @@ def render(results: dict[str, Any]) -> str:
     warns = warnings_for(rows)
     if warns:
         out += ["Warnings:", ""] + [f"- {w}" for w in warns] + [""]
+    for tag, run in sorted((results.get("extra_runs") or {}).items()):
+        # A tagged re-run of one server (e.g. a workload repeated after a fix), against the other
+        # server's untagged run of the same workloads.
+        server = run.get("server")
+        other = next((s for s in SERVERS if s != server), None)
+        if server in SERVERS and run.get("levels") and results.get(other):
+            names = {lv["workload"] for lv in run["levels"]}
+            other_run = dict(results[other], levels=[lv for lv in results[other].get("levels", [])
+                                                     if lv["workload"] in names])
+            extra_rows = comparison_rows({server: run, other: other_run})
+            out += [f"### Tagged run `{tag}` ({run.get('date', '')}) against the {LABEL[other]} run above", "",
+                    comparison_table(extra_rows), ""]
+            out += [f"- {w}" for w in warnings_for(extra_rows)] + ([""] if warnings_for(extra_rows) else [])
     out += ["## Cold start", "", coldstart_table(results), ""]
     bt = bound_table(results, rows)
     if bt:

@@ -50,6 +50,7 @@ class BenchSettings:
     preprocessor_cpus: float | None = None
     ingress_replicas: int | None = None
     max_concurrency: int = 64
+    allreduce_fusion: str = "off"
 
     @property
     def cpu(self) -> bool:
@@ -68,6 +69,12 @@ def base_env(settings: BenchSettings, cache_dir: Path | None) -> dict[str, str]:
     }
     if settings.cpu:
         env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    # What an app engine replica sets for itself (allreduce backend, variables its vLLM workers must
+    # get); vllm serve gets the same, so both run the same multi-GPU setup.
+    from serve_app.app_config import parse_app_config
+    from serve_app.engine.parallel_env import engine_environment
+
+    env.update(engine_environment(parse_app_config(app_args(settings)).engine, os.environ))
     if cache_dir is not None:
         env.update(
             VLLM_CACHE_ROOT=str(cache_dir / "vllm"),
@@ -104,6 +111,7 @@ def app_args(settings: BenchSettings) -> dict[str, Any]:
         "engine": {
             "accelerator": "CPU" if settings.cpu else "GPU",
             "tensor_parallel_size": settings.tensor_parallel_size,
+            "allreduce_fusion": settings.allreduce_fusion,
             "replica_cpus": 0.5 if settings.cpu else 2,
             "engine_kwargs": engine_kwargs,
         },
@@ -205,6 +213,31 @@ def _pids_with_marker(marker: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def env_audit(marker: str, names: list[str]) -> list[dict[str, Any]]:
+    """For every process of a server run (its marker): the command and the values of ``names``
+    (absent: None) — proof that settings reached the engine core and the vLLM workers."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            entries = (d / "environ").read_bytes().split(b"\0")
+            if needle not in entries:
+                continue
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            comm = (d / "comm").read_text().strip()
+        except OSError:
+            continue
+        env = dict(e.decode(errors="replace").split("=", 1) for e in entries if b"=" in e)
+        # setproctitle (vLLM's "VLLM::EngineCore", "VLLM::Worker_TP0") writes the new title over the
+        # memory /proc/PID/environ is read from: there a missing variable proves nothing.
+        rewritten = "python" not in cmd.split(" ")[0] and not cmd.startswith("ray::")
+        out.append({"pid": int(d.name), "comm": comm, "cmd": cmd[:160], "environ_unreliable": rewritten,
+                    **{n: env.get(n) for n in names}})
+    return out
 
 
 class ServerProcess:

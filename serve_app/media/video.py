@@ -96,12 +96,19 @@ FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,gi
 CONTAINER_OPTIONS = {"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "none"}
 
 
+def _open_kwargs(av) -> dict:
+    # PyAV < 19 decodes container metadata strictly unless told to ignore bad bytes; PyAV 19 dropped
+    # the argument (and the strict decoding with it).
+    major = int(str(getattr(av, "__version__", "0")).split(".")[0] or 0)
+    return {"metadata_errors": "ignore"} if major < 19 else {}
+
+
 def open_container(data: bytes):
     av = _av()
     if not data:
         raise MediaError("video data is empty (0 bytes)")
     try:
-        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", container_options=CONTAINER_OPTIONS)
+        return av.open(io.BytesIO(data), mode="r", container_options=CONTAINER_OPTIONS, **_open_kwargs(av))
     except (av.error.FFmpegError, ValueError, OSError, EOFError, UnicodeDecodeError) as e:
         raise MediaError(f"cannot read video: not a supported container, corrupt or truncated ({_fferr(e)})") from None
 

@@ -14,8 +14,10 @@ Two modes:
 
 ``max_model_len`` follows (the new window) unless ``engine.engine_kwargs.max_model_len`` sets a
 smaller one. Checkpoint formats: transformers ≥ 5 (vLLM 0.32) keeps the rope settings in
-``text_config.rope_parameters``; transformers 4.x (vLLM 0.26) in the top-level ``rope_scaling``, which
-is what the model card edits in config.json; the override is written for the installed one.
+``text_config.rope_parameters``; transformers 4.x (vLLM 0.26) in ``rope_scaling``, top-level in
+config.json (what the model card edits) and in ``text_config`` once loaded; the override is written
+for the installed one. Checked against vLLM 0.32's own ModelConfig in the tests; the 4.x form is not
+exercised here (no vLLM 0.26 in the CPU environment).
 """
 
 from __future__ import annotations
@@ -98,13 +100,14 @@ def hf_overrides(lc: LongContextConfig, config_json: dict[str, Any], transformer
             text["rope_parameters"] = rope
         return {"text_config": text}
     # transformers 4.x: the model card's config.json edit (top-level rope_scaling, "type" spelling
-    # kept for the mrope/yarn dispatch of that era), mirrored into text_config.
-    out: dict[str, Any] = {"max_position_embeddings": window}
+    # kept for the mrope/yarn dispatch of that era), mirrored into text_config, which is what vLLM
+    # reads as the text model's config once transformers has split it out (4.5x).
+    text = {"max_position_embeddings": window}
     if lc.mode == "yarn":
         legacy = {k: v for k, v in rope.items() if k != "rope_theta"}
         legacy["type"] = "yarn"
-        out["rope_scaling"] = legacy
-    return out
+        text["rope_scaling"] = legacy
+    return {**text, "text_config": dict(text)}
 
 
 def long_context_kwargs(lc: LongContextConfig | None, model_dir: str, engine_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -28,10 +28,10 @@ def test_yarn_overrides_keep_mrope_section_for_both_transformers_generations(tin
         "rope_parameters": {"rope_type": "yarn", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6],
                             "factor": 4.0, "original_max_position_embeddings": 32768}}}
     # The model card's config.json edit, for transformers 4.x / vLLM 0.26.
-    assert hf_overrides(lc, CONFIG_72B, transformers_major=4) == {
-        "max_position_embeddings": 131072,
-        "rope_scaling": {"type": "yarn", "rope_type": "yarn", "mrope_section": [16, 24, 24], "factor": 4.0,
-                         "original_max_position_embeddings": 32768}}
+    legacy = {"max_position_embeddings": 131072,
+              "rope_scaling": {"type": "yarn", "rope_type": "yarn", "mrope_section": [16, 24, 24], "factor": 4.0,
+                               "original_max_position_embeddings": 32768}}
+    assert hf_overrides(lc, CONFIG_72B, transformers_major=4) == {**legacy, "text_config": legacy}
     assert hf_overrides(lc, CONFIG_72B, transformers_major=5)["text_config"]["rope_parameters"]["mrope_section"] \
         == [16, 24, 24]
 
@@ -40,7 +40,8 @@ def test_max_position_embeddings_mode_changes_only_the_window(tiny_model_dir):
     lc = LongContextConfig(mode="max_position_embeddings", max_position_embeddings=65536)
     tiny = json.loads((tiny_model_dir / "config.json").read_text())
     assert hf_overrides(lc, tiny, transformers_major=5) == {"text_config": {"max_position_embeddings": 65536}}
-    assert hf_overrides(lc, CONFIG_72B, transformers_major=4) == {"max_position_embeddings": 65536}
+    assert hf_overrides(lc, CONFIG_72B, transformers_major=4) == {
+        "max_position_embeddings": 65536, "text_config": {"max_position_embeddings": 65536}}
 
 
 @pytest.mark.parametrize("lc, needle", [

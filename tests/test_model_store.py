@@ -453,3 +453,19 @@ def test_cli_fetch_and_verify(hub, tmp_path):
     (out / "model.safetensors").write_bytes(bytes(data))
     r = run("verify", str(out))
     assert r.returncode == 1 and "model.safetensors: sha256" in r.stdout
+
+
+def test_modelscope_resume_after_kill_continues_the_partial_file(modelscope, tmp_path, tiny_model_dir):
+    modelscope.throttle_bps = 300_000
+    cache = tmp_path / "cache"
+    a = child(f"modelscope://{REPO}", "master", cache, modelscope.url, tmp_path / "a.log")
+    part = lambda: [p for p in cache.rglob("model.safetensors*.incomplete") if p.stat().st_size > 0]  # noqa: E731
+    wait_for(part, what="no partial weights")
+    os.killpg(a.pid, signal.SIGKILL)
+    a.wait()
+    modelscope.throttle_bps = None
+    b = child(f"modelscope://{REPO}", "master", cache, modelscope.url, tmp_path / "b.log")
+    out = pathlib.Path(finish(b, tmp_path / "b.log").split("RESULT ")[1].strip())
+    assert same_files(out, tiny_model_dir)
+    ranges = modelscope.gets("model.safetensors")
+    assert len(ranges) == 2 and ranges[0] is None and ranges[1] and ranges[1].startswith("bytes=")

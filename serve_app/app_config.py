@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serve_app.errors import format_validation_error
 from serve_app.media.config import MediaConfig
+from serve_app.long_context import LongContextConfig
+from serve_app.model_store.config import DownloadConfig
 
 EMBEDDED_TINY_MODEL = "embedded:tiny-qwen2.5-vl"
 
@@ -22,6 +24,9 @@ EMBEDDED_TINY_MODEL = "embedded:tiny-qwen2.5-vl"
 _RESERVED_ENGINE_KWARGS = {
     "model": "model.path",
     "tokenizer": "model.path",
+    "revision": "model.revision",
+    "tokenizer_revision": "model.revision",
+    "download_dir": "model.download.cache_dir",
     "served_model_name": "model.served_name",
     "tensor_parallel_size": "engine.tensor_parallel_size",
     "pipeline_parallel_size": "engine.pipeline_parallel_size",
@@ -36,12 +41,31 @@ class _Strict(BaseModel):
 class ModelSection(_Strict):
     path: str = Field(
         EMBEDDED_TINY_MODEL,
-        description=f"Local checkpoint directory (or a hub id where the cluster can reach one). "
+        description=f"Where the checkpoint is: a local directory, a Hugging Face repo id ('org/name' or "
+        f"'hf://org/name'), 'modelscope://org/name', or 's3://bucket/prefix'; remote ones are downloaded "
+        f"once per node into model.download.cache_dir. "
         f"'{EMBEDDED_TINY_MODEL}' builds the project's tiny random-weight model on first start.",
     )
-    served_name: str | None = Field(
-        None, description="Model name clients send in `model`; default: the checkpoint directory's name."
+    revision: str | None = Field(
+        None, description="Hub repo ids only, and required there: the commit (or tag/branch, cached under "
+        "that name and never re-resolved) to serve."
     )
+    served_name: str | None = Field(
+        None, description="Model name clients send in `model`; default: the repo id, or the directory's name."
+    )
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    long_context: LongContextConfig | None = Field(
+        None, description="The model card's long-context switches (YaRN, or a larger max_position_embeddings "
+        "for long video), passed to vLLM as hf_overrides; see serve_app/long_context.py for the caveats."
+    )
+
+    @model_validator(mode="after")
+    def _valid_source(self) -> "ModelSection":
+        if not self.is_embedded:
+            from serve_app.model_store.sources import parse_source
+
+            parse_source(self.path, self.revision)  # ValueError names what is accepted
+        return self
 
     @property
     def is_embedded(self) -> bool:
@@ -53,7 +77,9 @@ class ModelSection(_Strict):
             return self.served_name
         if self.is_embedded:
             return "qwen2.5-vl-tiny"
-        return os.path.basename(self.path.rstrip("/")) or self.path
+        from serve_app.model_store.sources import parse_source
+
+        return parse_source(self.path, self.revision).display_name
 
 
 class EngineSection(_Strict):

@@ -30,7 +30,8 @@ class ChatPlan:
     media: list[MediaSpec]
 
 
-def plan_chat(messages: list[ChatMessage], max_media_items: int | None = None) -> ChatPlan:
+def plan_chat(messages: list[ChatMessage], max_media_items: int | None = None, media_config=None) -> ChatPlan:
+    """``media_config``: the server's :class:`MediaConfig`, for ``image_url.detail`` budgets."""
     template: list[dict[str, Any]] = []
     media: list[MediaSpec] = []
     for i, msg in enumerate(messages):
@@ -47,7 +48,13 @@ def plan_chat(messages: list[ChatMessage], max_media_items: int | None = None) -
                 parts.append({"type": "text", "text": part.text})
             elif isinstance(part, (ImageURLPart, ImagePart)):
                 source = part.image_url.url if isinstance(part, ImageURLPart) else part.image
-                media.append(MediaSpec(kind="image", source=source, options=part.media_options(), where=where))
+                options = part.media_options()
+                if isinstance(part, ImageURLPart) and part.image_url.detail not in (None, "auto"):
+                    from serve_app.media.config import MediaConfig
+                    from serve_app.media.detail import detail_options
+
+                    options = detail_options(part.image_url.detail, options, media_config or MediaConfig())
+                media.append(MediaSpec(kind="image", source=source, options=options, where=where))
                 parts.append({"type": "image"})
             elif isinstance(part, (VideoURLPart, VideoPart)):
                 source = part.video_url.url if isinstance(part, VideoURLPart) else part.video

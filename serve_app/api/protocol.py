@@ -47,8 +47,10 @@ class TextPart(_Strict):
 
 class ImageURL(_Strict):
     url: str
-    detail: Literal["auto"] | None = Field(
-        None, description="Only 'auto'; use min_pixels/max_pixels to control the resolution."
+    detail: Literal["auto", "low", "high"] | None = Field(
+        None, description="'low' / 'high': the server's pixel budgets media.image_detail_low_max_pixels / "
+        "media.image_detail_high_max_pixels; 'auto': the default resolution. An explicit max_pixels or "
+        "resized_height/resized_width on the part takes precedence."
     )
 
 

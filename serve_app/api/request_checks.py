@@ -36,7 +36,7 @@ def check_request(req: ChatCompletionRequest, config: AppConfig) -> ValidatedReq
         raise ModelNotFoundError(f"model '{req.model}' is not served here; this server serves '{served}'",
                                  param="model")
     sampling = sampling_kwargs(req, config.serving)
-    plan = plan_chat(req.messages, config.media.max_items_per_request)
+    plan = plan_chat(req.messages, config.media.max_items_per_request, config.media)
     for spec in plan.media:
         try:
             validate_spec(spec, config.media)

@@ -7,6 +7,7 @@ from typing import Any
 from serve_app.app_config import AppConfig
 from serve_app.engine.parallel_env import compilation_overrides, merge_compilation_config
 from serve_app.engine.placement import EnginePlacement
+from serve_app.long_context import long_context_kwargs
 
 # The engine-side HF processor runs Qwen2-VL's smart_resize again on what it receives. Our
 # preprocessor already resized every image and frame to multiples of 28 within the request's own
@@ -34,6 +35,7 @@ def build_engine_kwargs(config: AppConfig, model_path: str, placement: EnginePla
     compilation = merge_compilation_config(kwargs.get("compilation_config"), compilation_overrides(config.engine))
     if compilation is not None:
         kwargs["compilation_config"] = compilation
+    kwargs.update(long_context_kwargs(config.model.long_context, model_path, kwargs))
     mm = dict(kwargs.get("mm_processor_kwargs") or {})
     # transformers 5 spells the bounds as `size` (min_pixels/max_pixels in a processor call are
     # deprecated and warn on every request); both edges are required.

@@ -61,6 +61,11 @@ class MediaConfig(BaseModel):
     # --- Qwen2.5-VL defaults (qwen-vl-utils 0.0.14) ---------------------------------------
     image_min_pixels: int = Field(vm.MIN_PIXELS, gt=0)
     image_max_pixels: int = Field(vm.MAX_PIXELS, gt=0)
+    image_detail_low_max_pixels: int = Field(256 * 28 * 28, gt=0,
+        description="image_url.detail 'low': pixel budget (default 256 x 28^2: at most 256 visual tokens).")
+    image_detail_high_max_pixels: int | None = Field(None, gt=0,
+        description="image_url.detail 'high': pixel budget (default: image_max_pixels, the model's cap). "
+                    "'auto' keeps image_min_pixels..image_max_pixels.")
     video_fps: float = Field(vm.FPS, gt=0)
     video_min_frames: int = Field(vm.FPS_MIN_FRAMES, ge=1)
     video_max_frames: int = Field(vm.FPS_MAX_FRAMES, ge=2)
@@ -109,4 +114,8 @@ class MediaConfig(BaseModel):
             raise ValueError("video_min_pixels must be <= video_max_pixels")
         if self.video_min_frames > self.video_max_frames:
             raise ValueError("video_min_frames must be <= video_max_frames")
+        for k in ("image_detail_low_max_pixels", "image_detail_high_max_pixels"):
+            v = getattr(self, k)
+            if k in self.model_fields_set and v is not None and not self.image_min_pixels <= v <= self.image_max_pixels:
+                raise ValueError(f"{k} must be between image_min_pixels and image_max_pixels")
         return self

@@ -42,7 +42,7 @@ def test_consistency_rules():
     assert "images and videos are accepted in user messages only" in error_of(
         messages=[{"role": "system", "content": [{"type": "image", "image": "x"}]}])
     assert "detail" in error_of(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "x", "detail": "low"}}]}])
+        {"type": "image_url", "image_url": {"url": "x", "detail": "ultra"}}]}])
 
 
 def test_sampling_kwargs_only_what_was_set():

@@ -9,8 +9,8 @@ import openai
 import pytest
 
 from tests.model_store.hub_standin import COMMIT, HubStandIn
-from tests.test_e2e_model_sources import MODEL, NATIVE_WINDOW, long_prompt, serve
-from tests.test_long_context import small_window_checkpoint
+from tests.model_store.test_e2e_model_sources import MODEL, NATIVE_WINDOW, long_prompt, serve
+from tests.engine.test_long_context import small_window_checkpoint
 
 pytestmark = pytest.mark.e2e
 WINDOW = 3 * NATIVE_WINDOW

@@ -16,8 +16,8 @@ import yaml
 
 from tests.conftest import ServeProcess, free_port, throughput_env, write_local_config
 from tests.test_e2e_serving import expected_prompt_tokens, image_tokens, png_data_uri
-from tests.test_long_context import small_window_checkpoint
-from tests.test_model_store import AWS_ENV, s3_client
+from tests.engine.test_long_context import small_window_checkpoint
+from tests.model_store.test_model_store import AWS_ENV, s3_client
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from tests.model_store.modelscope_standin import ModelScopeStandIn
-from tests.test_e2e_model_sources import MODEL, serve
+from tests.model_store.test_e2e_model_sources import MODEL, serve
 
 pytestmark = pytest.mark.e2e
 

@@ -368,7 +368,7 @@ def test_s3_resume_after_kill_continues_the_partial_file(s3_model, moto_url, tmp
 def test_engine_downloads_then_runs_the_awq_preflight(moto_url, tmp_path):
     from serve_app.awq.preflight import AwqShapeError
     from serve_app.engine.runtime import EngineRuntime
-    from tests.test_engine_preflight import CONFIG_72B_AWQ
+    from tests.engine.test_engine_preflight import CONFIG_72B_AWQ
 
     s3 = s3_client(moto_url)
     s3.create_bucket(Bucket="awq-models")

@@ -157,6 +157,9 @@ class ServingSection(_Strict):
     max_request_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest accepted HTTP request body (data URIs included)."
     )
+    max_json_schema_bytes: int = Field(
+        32768, ge=64, description="Largest response_format json_schema (compact JSON bytes): vLLM compiles the "
+        "grammar before the first token (a 100k-string enum took 93 s), so bigger schemas are refused with a 400.")
 
 
 class AppConfig(_Strict):

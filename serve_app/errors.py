@@ -60,6 +60,18 @@ class OverloadedError(ServeAppError):
     error_type = "overloaded_error"
 
 
+class DeadlineExceededError(ServeAppError):
+    """The request's work did not finish within its deadline; all of it was stopped (HTTP 504)."""
+
+    status_code = 504
+    error_type = "timeout_error"
+
+
+class UnauthorizedError(ServeAppError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+
 class EngineError(ServeAppError):
     status_code = 500
     error_type = "internal_error"

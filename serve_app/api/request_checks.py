@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.app_config import AppConfig
+from serve_app.api.budgets import check_explicit_size, check_item_limits
 from serve_app.api.chat import ChatPlan, plan_chat
 from serve_app.errors import InvalidRequestError, ModelNotFoundError, truncate
 from serve_app.media.errors import MediaError
@@ -43,6 +44,8 @@ def check_request(req: ChatCompletionRequest, config: AppConfig) -> ValidatedReq
             validate_spec(spec, config.media)
         except MediaError as exc:
             raise InvalidRequestError(str(exc)) from None
+        check_explicit_size(spec, config.media)
+    check_item_limits(plan.media, config.engine.engine_kwargs)
     top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return ValidatedRequest(req, sampling, plan, top_logprobs)
 

@@ -127,6 +127,7 @@ class MediaLoader:
             max_source_frames=self.config.max_video_source_frames,
             max_duration_s=self.config.max_video_duration_s,
             max_sampled_frames=self.config.max_video_frames,
+            max_decode_pixels=self.config.max_video_decode_pixels,
         )
         c = self.config
         if c.library_threads is not None:

@@ -60,6 +60,18 @@ class OverloadedError(ServeAppError):
     error_type = "overloaded_error"
 
 
+class DeadlineExceededError(ServeAppError):
+    """The request's work did not finish within its deadline; all of it was stopped (HTTP 504)."""
+
+    status_code = 504
+    error_type = "timeout_error"
+
+
+class UnauthorizedError(ServeAppError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+
 class EngineError(ServeAppError):
     status_code = 500
     error_type = "internal_error"
@@ -90,7 +102,8 @@ def to_serve_error(exc: BaseException) -> ServeAppError:
         return InvalidRequestError(str(exc))
     if _is_a(exc, "BackPressureError"):  # raised in the ingress by a full deployment handle
         return OverloadedError("the server is overloaded; retry later")
-    return EngineError(f"internal error: {type(exc).__name__}")
+    # No exception text or class name reaches the client: the replica's log has them.
+    return EngineError("internal error")
 
 
 def is_client_error(exc: BaseException) -> bool:
@@ -115,8 +128,14 @@ def engine_error(exc: BaseException, *, before_output: bool) -> ServeAppError:
     if isinstance(cause, ServeAppError):
         return cause
     if before_output and is_client_error(cause):
-        return InvalidRequestError(str(cause))
-    return EngineError(f"engine failure: {type(cause).__name__}: {cause}")
+        return InvalidRequestError(truncate(str(cause), 500))
+    return EngineError("engine failure (details are in the engine replica's log)")
+
+
+def truncate(text: str, limit: int = 200) -> str:
+    """A user-supplied (or otherwise unbounded) string as it may appear in an error message."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 _PART_TAGS = {"text", "image_url", "image", "video_url", "video"}
@@ -165,9 +184,10 @@ def format_validation_error(
         elif err["type"] == "json_invalid":
             parts.append(f"request body is not valid JSON: {err['msg']}")
         elif err["type"] == "union_tag_invalid":
-            parts.append(f"{loc}: unsupported content part type {err.get('input', {}).get('type')!r} "
+            tag = truncate(repr((err.get("input") or {}).get("type")), 100)
+            parts.append(f"{loc}: unsupported content part type {tag} "
                          f"(supported: text, image_url, image, video_url, video)")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc} = {err.get('input')!r}: {msg}" if show_input else f"{loc}: {msg}")
+            parts.append(f"{loc} = {truncate(repr(err.get('input')), 200)}: {msg}" if show_input else f"{loc}: {msg}")
     return "; ".join(parts) if parts else "invalid request"

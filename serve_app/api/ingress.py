@@ -34,6 +34,7 @@ from serve_app.api.protocol import (
     ErrorResponse,
     ModelList,
 )
+from serve_app.api.auth import ApiKeys, load_keys
 from serve_app.api.request_checks import check_request
 from serve_app.api.responses import ChunkStream, CompletionAccumulator
 
@@ -45,7 +46,8 @@ app = FastAPI(
     version="0.1.0",
 )
 
-_ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 500, 503)}
+_ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 500, 503, 504)}
+_RETRY_AFTER_S = "1"  # the 503s say when to come back
 _BY_VALUE_MAX_BYTES = 1 << 20  # text-only requests up to this body size go to the engine over gRPC
 
 
@@ -59,7 +61,17 @@ def transport(handle: DeploymentHandle, *, by_reference: bool, **options: Any) -
 
 
 def _error(exc: ServeAppError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status_code)
+    headers = {"Retry-After": _RETRY_AFTER_S} if exc.status_code == 503 else None
+    if exc.status_code == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+
+
+def _refused(exc: ServeAppError, where: str) -> JSONResponse:
+    """One log line per refused request: status, type, parameter and our own message (already
+    truncated, no traceback; the messages name fields and limits, never the prompt or a key)."""
+    logger.info("refused %s: %d %s param=%s: %.300s", where, exc.status_code, exc.error_type, exc.param, exc.message)
+    return _error(exc)
 
 
 def _openapi_with_models() -> dict[str, Any]:
@@ -101,6 +113,7 @@ class Ingress:
         self._model = config.model.name
         self._created = int(time.time())
         self._max_model_len: int | None = None
+        self._keys = ApiKeys(load_keys(config.serving.api_keys_env, config.serving.api_keys_file))
 
     async def _request(self, raw: Request) -> tuple[ChatCompletionRequest, int]:
         limit = self._config.serving.max_request_bytes
@@ -139,10 +152,11 @@ class Ingress:
     )
     async def chat_completions(self, raw: Request):
         try:
+            self._keys.check(raw.headers.get("authorization"))
             req, body_bytes = await self._request(raw)
             checked = check_request(req, self._config)
         except ServeAppError as exc:
-            return _error(exc)
+            return _refused(exc, "chat completion")
 
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         engine_request = checked.engine_request(request_id, stream=req.stream)
@@ -156,25 +170,34 @@ class Ingress:
             engine = self._engine_stream_text if body_bytes <= _BY_VALUE_MAX_BYTES else self._engine_stream
         gen = engine.generate.remote(engine_request, media)
         if req.stream:
-            return await self._stream(gen, req, request_id)
+            return await self._stream(gen, req, request_id, media)
         acc = CompletionAccumulator(req.n, want_logprobs=checked.top_logprobs is not None)
         try:
             async for delta in gen:
                 acc.add(delta)
         except asyncio.CancelledError:
+            # The client went away (or the proxy's request_timeout_s passed): stop the engine request
+            # and the media work (fetches and decodes in the preprocessor) too.
             gen.cancel()
+            if media is not None:
+                media.cancel()
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error body
             return self._failure(exc, request_id)
         return JSONResponse(acc.response(request_id=request_id, model=self._model, created=int(time.time())))
 
-    async def _stream(self, gen, req: ChatCompletionRequest, request_id: str):
+    async def _stream(self, gen, req: ChatCompletionRequest, request_id: str, media: Any = None):
         # Wait for the first delta before sending headers, so errors (bad media, prompt too long)
         # still get a proper 4xx status instead of an in-stream error.
         try:
             first = await gen.__anext__()
         except StopAsyncIteration:
             first = None
+        except asyncio.CancelledError:
+            gen.cancel()
+            if media is not None:
+                media.cancel()
+            raise
         except Exception as exc:  # noqa: BLE001
             return self._failure(exc, request_id)
         chunks = ChunkStream(
@@ -207,15 +230,22 @@ class Ingress:
 
     def _classify_and_log(self, exc: BaseException, request_id: str) -> ServeAppError:
         err = to_serve_error(exc)
-        if err.status_code >= 500:
+        if err.status_code >= 500 and err.status_code not in (503, 504):
             logger.error("request %s failed: %r", request_id, exc)
+        else:
+            logger.info("refused request %s: %d %s param=%s: %.300s", request_id, err.status_code, err.error_type,
+                        err.param, err.message)
         return err
 
     def _failure(self, exc: BaseException, request_id: str) -> JSONResponse:
         return _error(self._classify_and_log(exc, request_id))
 
-    @app.get("/v1/models", response_model=ModelList)
-    async def models(self) -> dict[str, Any]:
+    @app.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
+    async def models(self, raw: Request) -> Any:
+        try:
+            self._keys.check(raw.headers.get("authorization"))
+        except ServeAppError as exc:
+            return _refused(exc, "models")
         if self._max_model_len is None:
             info = await self._engine.model_info.remote()
             self._max_model_len = info["max_model_len"]
@@ -226,8 +256,12 @@ class Ingress:
         }
 
     @app.get("/stats")
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, raw: Request) -> Any:
         """Operational counters of one engine replica (requests vLLM is still working on)."""
+        try:
+            self._keys.check(raw.headers.get("authorization"))
+        except ServeAppError as exc:
+            return _refused(exc, "stats")
         return {"engine": await self._engine.stats.remote()}
 
     @app.get("/health")

@@ -15,7 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and ±Infinity (accepted by pydantic's JSON parser) would pass one-sided bounds and reach vLLM.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# What vLLM's engine transport (MessagePack) carries: a seed outside int64 fails there, after the
+# request was added to the engine (a 500 and a request left unfinished).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 1024
 
 
 # ---------------------------------------------------------------- content parts
@@ -109,7 +117,7 @@ class JSONSchemaFormat(_Strict):
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class ResponseFormat(_Strict):
@@ -135,7 +143,7 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0, description="vLLM extension")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
@@ -156,8 +164,18 @@ class ChatCompletionRequest(_Strict):
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             if self.max_tokens != self.max_completion_tokens:
                 raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
-        if isinstance(self.stop, list) and len(self.stop) > 16:
-            raise ValueError("stop accepts at most 16 sequences")
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"stop accepts at most {MAX_STOP_SEQUENCES} sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop cannot contain an empty string")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"each stop sequence is at most {MAX_STOP_CHARS} characters")
+        limit = self.output_token_limit
+        if self.min_tokens is not None and limit is not None and self.min_tokens > limit:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must be less than or equal to max_tokens ({limit})")
+        if self.n > 1 and self.temperature is not None and self.temperature < 1e-5:
+            raise ValueError(f"n must be 1 when using greedy sampling (temperature 0), got {self.n}")
         return self
 
     @property

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.app_config import AppConfig
+from serve_app.api.budgets import check_explicit_size, check_item_limits
 from serve_app.api.chat import ChatPlan, plan_chat
-from serve_app.errors import InvalidRequestError, ModelNotFoundError
+from serve_app.errors import InvalidRequestError, ModelNotFoundError, truncate
 from serve_app.media.errors import MediaError
 from serve_app.media.spec import validate_spec
 from serve_app.api.protocol import ChatCompletionRequest
@@ -33,15 +34,18 @@ def check_request(req: ChatCompletionRequest, config: AppConfig) -> ValidatedReq
     any replica hop."""
     served = config.model.name
     if req.model != served:
-        raise ModelNotFoundError(f"model '{req.model}' is not served here; this server serves '{served}'",
+        raise ModelNotFoundError(f"model '{truncate(req.model, 100)}' is not served here; this server serves '{served}'",
                                  param="model")
-    sampling = sampling_kwargs(req, config.serving)
+    context = config.engine.engine_kwargs.get("max_model_len")
+    sampling = sampling_kwargs(req, config.serving, context if isinstance(context, int) else None)
     plan = plan_chat(req.messages, config.media.max_items_per_request, config.media)
     for spec in plan.media:
         try:
             validate_spec(spec, config.media)
         except MediaError as exc:
             raise InvalidRequestError(str(exc)) from None
+        check_explicit_size(spec, config.media)
+    check_item_limits(plan.media, config.engine.engine_kwargs)
     top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return ValidatedRequest(req, sampling, plan, top_logprobs)
 

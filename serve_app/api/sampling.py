@@ -6,6 +6,7 @@ Only what the client set is passed; the engine fills the rest from the model's
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from serve_app.app_config import ServingSection
@@ -26,9 +27,18 @@ _DIRECT = {
 }
 
 
-def sampling_kwargs(req: ChatCompletionRequest, serving: ServingSection) -> dict[str, Any]:
+def sampling_kwargs(req: ChatCompletionRequest, serving: ServingSection,
+                    max_model_len: int | None = None) -> dict[str, Any]:
     """The SamplingParams fields this request sets. ``structured_outputs`` is a plain dict here
-    (the engine wraps it in vLLM's ``StructuredOutputsParams``)."""
+    (the engine wraps it in vLLM's ``StructuredOutputsParams``). ``max_model_len``: the context
+    length when the config states it (the engine checks again against the real one)."""
+    if max_model_len is not None:
+        for name in ("max_tokens", "min_tokens"):
+            value = req.output_token_limit if name == "max_tokens" else req.min_tokens
+            if value is not None and value >= max_model_len:
+                raise InvalidRequestError(
+                    f"{name} = {value} does not fit this model's context length of {max_model_len} tokens "
+                    "(prompt included)", param=name)
     if req.n > serving.max_n:
         raise InvalidRequestError(f"n = {req.n} exceeds this server's limit of {serving.max_n}", param="n")
     if req.top_logprobs is not None and req.top_logprobs > serving.max_top_logprobs:
@@ -58,5 +68,10 @@ def sampling_kwargs(req: ChatCompletionRequest, serving: ServingSection) -> dict
                 raise InvalidRequestError(
                     "response_format.json_schema.schema is empty", param="response_format.json_schema.schema"
                 )
+            size = len(json.dumps(schema, separators=(",", ":")))
+            if size > serving.max_json_schema_bytes:
+                raise InvalidRequestError(
+                    f"response_format.json_schema.schema is {size} bytes; this server accepts at most "
+                    f"{serving.max_json_schema_bytes}", param="response_format.json_schema.schema")
             out["structured_outputs"] = {"json": schema}
     return out

@@ -12,7 +12,14 @@ from serve_app.app_config import AppConfig
 from serve_app.engine.args import build_engine_kwargs, cpu_threads_binding
 from serve_app.engine.parallel_env import FLASHINFER_BACKEND_VAR, engine_environment
 from serve_app.engine.startup import StartupLog
-from serve_app.errors import EngineStartError, InvalidRequestError, engine_cause, engine_error
+from serve_app.errors import (
+    EngineStartError,
+    InvalidRequestError,
+    engine_cause,
+    engine_error,
+    is_client_error,
+    truncate,
+)
 from serve_app.model_source import resolve_model_path
 from serve_app.engine.outputs import delta_from_output
 from serve_app.engine.placement import engine_placement
@@ -89,43 +96,52 @@ class EngineRuntime:
     def sampling_params(self, sampling: dict[str, Any], stream: bool):
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
-        limit = sampling.get("max_tokens")
-        if limit is not None and limit >= self.max_model_len:
-            raise InvalidRequestError(
-                f"max_tokens = {limit} does not fit this model's context length of {self.max_model_len} tokens "
-                "(prompt included)", param="max_tokens")
+        for name in ("max_tokens", "min_tokens"):
+            limit = sampling.get(name)
+            if limit is not None and limit >= self.max_model_len:
+                raise InvalidRequestError(
+                    f"{name} = {limit} does not fit this model's context length of {self.max_model_len} tokens "
+                    "(prompt included)", param=name)
         fields = {**self.default_sampling, **sampling}
         structured = fields.pop("structured_outputs", None)
-        if structured is not None:
-            fields["structured_outputs"] = StructuredOutputsParams(**structured)
         fields["output_kind"] = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         try:
+            if structured is not None:
+                fields["structured_outputs"] = StructuredOutputsParams(**structured)
             return SamplingParams(**fields)
-        except (ValueError, TypeError) as exc:
-            raise InvalidRequestError(f"invalid sampling parameters: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - vLLM 0.32's VLLMValidationError is not a ValueError
+            if not is_client_error(exc) and not isinstance(exc, TypeError):
+                raise
+            # vLLM's own sentence (no internals), cut to a readable length.
+            raise InvalidRequestError(f"invalid sampling parameters: {truncate(str(exc), 300)}") from None
 
     async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
         """The deltas (:func:`serve_app.engine.outputs.delta_from_output`) of one request."""
         request_id, stream = request.request_id, request.stream
-        vllm_prompt: dict[str, Any] = {"prompt": self._render(request.messages)}
-        if media is not None:
-            vllm_prompt.update(media.vllm_inputs())
-        params = self.sampling_params(request.sampling, stream)
         produced = False
-
-        async def deltas() -> AsyncIterator[Delta]:
-            nonlocal produced
-            # AsyncLLM.generate aborts the request itself when this generator is closed or
-            # cancelled (the client went away and Serve cancelled the replica-side generator).
-            async for out in self.engine.generate(vllm_prompt, params, request_id):
-                produced = True
-                yield delta_from_output(out, top_logprobs=request.top_logprobs, with_token_ids=not stream)
-
-        source = deltas()
-        # Streams are paced (serve_app.engine.stream_pacing): one Serve message per interval per request
-        # instead of one per token; the first and the last delta are never delayed.
-        merged = paced(source, self._stream_interval_s if stream else 0.0)
+        source = merged = None
+        failure: Exception | None = None
         try:
+            # Everything that can refuse the request runs inside this try: whatever escapes to the
+            # ingress is one of our own error types (a vLLM class would pull vLLM into the ingress
+            # to unpickle it), and nothing is added to vLLM before the parameters are accepted.
+            vllm_prompt: dict[str, Any] = {"prompt": self._render(request.messages)}
+            if media is not None:
+                vllm_prompt.update(media.vllm_inputs())
+            params = self.sampling_params(request.sampling, stream)
+
+            async def deltas() -> AsyncIterator[Delta]:
+                nonlocal produced
+                # AsyncLLM.generate aborts the request itself when this generator is closed or
+                # cancelled (the client went away and Serve cancelled the replica-side generator).
+                async for out in self.engine.generate(vllm_prompt, params, request_id):
+                    produced = True
+                    yield delta_from_output(out, top_logprobs=request.top_logprobs, with_token_ids=not stream)
+
+            source = deltas()
+            # Streams are paced (serve_app.engine.stream_pacing): one Serve message per interval per
+            # request instead of one per token; the first and the last delta are never delayed.
+            merged = paced(source, self._stream_interval_s if stream else 0.0)
             async for delta in merged:
                 yield delta
         except Exception as exc:  # noqa: BLE001
@@ -134,11 +150,18 @@ class EngineRuntime:
             if err.status_code >= 500:
                 logger.error("request %s failed in the engine", request_id, exc_info=cause)
             else:
-                logger.warning("request %s rejected by the engine: %r", request_id, cause, exc_info=cause)
-            raise err from None
+                # One line, no traceback, no prompt: the reason is the client's to read.
+                logger.warning("request %s rejected by the engine: %s", request_id, err.message)
+            failure = err
         finally:
-            await merged.aclose()
-            await source.aclose()  # on cancellation too: closing vLLM's generator aborts the request
+            if merged is not None:
+                await merged.aclose()
+            if source is not None:
+                await source.aclose()  # on cancellation too: closing vLLM's generator aborts the request
+        if failure is not None:
+            # Raised outside the except block, so no vLLM exception rides along as __context__.
+            failure.__cause__ = failure.__context__ = None
+            raise failure
 
     def stats(self) -> dict[str, int]:
         return {"unfinished_requests": int(self.engine.get_num_unfinished_requests())}

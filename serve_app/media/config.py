@@ -49,7 +49,13 @@ class MediaConfig(BaseModel):
     max_video_frames: int = Field(vm.FPS_MAX_FRAMES, ge=2,
         description="Most frames handed to the model per video (sampled, or listed).")
     max_video_source_frames: int = Field(200_000, ge=1, description="Most frames in a source clip.")
+    max_video_decode_pixels: float = Field(2e10, gt=0, description="Source pixels decoded to sample one video "
+                                           "(frames the decoder must produce x frame size), checked from the "
+                                           "container index before decoding.")
     max_video_duration_s: float = Field(3600.0, gt=0)
+    prepare_timeout_s: float = Field(120.0, gt=0, description="Deadline for all of one request's media "
+                                     "(fetch, decode, resize); past it every fetch and decode of the request is "
+                                     "cancelled and the client gets a 504.")
     max_items_per_request: int = Field(32, ge=1)
 
     # --- cache ----------------------------------------------------------------------------

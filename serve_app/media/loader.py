@@ -127,6 +127,7 @@ class MediaLoader:
             max_source_frames=self.config.max_video_source_frames,
             max_duration_s=self.config.max_video_duration_s,
             max_sampled_frames=self.config.max_video_frames,
+            max_decode_pixels=self.config.max_video_decode_pixels,
         )
         c = self.config
         if c.library_threads is not None:
@@ -190,8 +191,10 @@ class MediaLoader:
         except MemoryError:
             raise MediaError(f"{spec.where}: {spec.kind} is too large to decode") from None
         except Exception as e:  # a decoder bug or an input we did not foresee: still the client's 400
-            log.exception("unexpected error loading %s", spec.where)
-            raise MediaError(f"{spec.where}: cannot load {spec.kind}: {type(e).__name__}: {e}") from None
+            # One line (no traceback, no source): the class says which decoder path to look at.
+            log.warning("unexpected error loading %s: %s", spec.where, type(e).__name__)
+            raise MediaError(f"{spec.where}: cannot load {spec.kind}: the data is damaged or not a supported "
+                             f"{spec.kind} format") from None
 
     def _effective(self, spec: MediaSpec) -> dict[str, Any]:
         """Options incl. the config defaults that shape the output (for cache keys and uuids)."""

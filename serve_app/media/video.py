@@ -46,6 +46,19 @@ class VideoLimits:
     max_source_frames: int = 200_000
     max_duration_s: float = 3600.0
     max_sampled_frames: int = vm.FPS_MAX_FRAMES
+    # Source pixels the decoder must produce to reach the sampled frames (frames to decode x frame size),
+    # bounded before any decode: a 23 KB GIF of many large delta frames otherwise costs minutes of CPU.
+    max_decode_pixels: float = 2e10
+
+
+def frames_to_decode(idx: "StreamIndex", indices: list[int]) -> int:
+    """An upper bound on the frames decoded to produce ``indices`` (no decoding: from the index)."""
+    if not indices:
+        return 0
+    if not idx.exact_pts:
+        return max(indices) + 1  # sequential decode up to the last wanted frame
+    ranges = decode_ranges(idx, {idx.pts_sorted[i] for i in set(indices)})
+    return sum(b - a + 1 for a, b in ranges)
 
 
 @dataclass
@@ -312,6 +325,11 @@ def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits
     if len(indices) > limits.max_sampled_frames:
         raise MediaTooLarge(f"{len(indices)} frames would be sampled, more than the limit of "
                             f"{limits.max_sampled_frames}")
+    work = frames_to_decode(idx, indices) * idx.width * idx.height
+    if work > limits.max_decode_pixels:
+        raise MediaTooLarge(f"sampling this video means decoding {work:.3g} source pixels, more than the limit of "
+                            f"{limits.max_decode_pixels:.3g} (media.max_video_decode_pixels); send a shorter or "
+                            f"smaller clip, or fewer frames")
     th, tw = vm.video_target_size(idx.height, idx.width, len(indices), options, min_pixels=d.min_pixels,
                                   max_pixels=d.max_pixels, total_pixels=d.total_pixels)
     out = np.empty((len(indices), th, tw, 3), dtype=np.uint8)

@@ -4,10 +4,12 @@ video fetched, decoded and resized. Shared by the Serve preprocessor deployment 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
 from serve_app.app_config import AppConfig
+from serve_app.errors import DeadlineExceededError
 from serve_app.media.loader import LoadedImage, MediaLoader
 from serve_app.media.spec import MediaSpec
 from serve_app.preprocess.prepared import PreparedMedia, engine_video_metadata
@@ -18,6 +20,7 @@ logger = logging.getLogger("serve_app.preprocess.preparer")
 class MediaPreparer:
     def __init__(self, config: AppConfig) -> None:
         self._loader = MediaLoader(config.media)
+        self._timeout_s = config.media.prepare_timeout_s
 
     def warmup(self) -> None:
         """Import the decoders now (seconds) so the first media request does not pay for it. Best
@@ -28,7 +31,14 @@ class MediaPreparer:
             logger.warning("media decoder warm-up failed (the first request will retry): %r", exc)
 
     async def prepare(self, media: Sequence[MediaSpec]) -> PreparedMedia:
-        loaded = await self._loader.load(media)  # decode work runs in the loader's threads
+        # A deadline for the whole request: on expiry (or when the caller cancels, e.g. the client
+        # went away) the loader's tasks are cancelled, so no fetch continues and no new decode starts.
+        try:
+            loaded = await asyncio.wait_for(self._loader.load(media), self._timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceededError(
+                f"the request's media could not be fetched and decoded within {self._timeout_s:g} s "
+                "(media.prepare_timeout_s)") from None
         prepared = PreparedMedia()
         for item in loaded:
             if isinstance(item, LoadedImage):

@@ -268,3 +268,21 @@ async def test_frame_list_with_a_bad_frame_names_the_frame(loader):
     ld = MediaLoader(MediaConfig(max_video_bytes=len(JPEG) * 2))
     with pytest.raises(MediaError, match="frames are larger than the limit"):
         await ld.load([MediaSpec("video", [uri(JPEG)] * 3, {}, WHERE)])
+
+
+async def test_decode_work_is_bounded_before_any_decode(monkeypatch):
+    """Frames the decoder must produce x frame size, from the container index: over the budget is a
+    400 before a single frame is decoded (an animated GIF, decoded sequentially, and an MP4)."""
+    from serve_app.media import video as video_mod
+
+    decoded = []
+    monkeypatch.setattr(video_mod, "decode_sequential", lambda *a, **k: decoded.append(1))
+    monkeypatch.setattr(video_mod, "decode_selected", lambda *a, **k: decoded.append(1))
+    frames = [Image.fromarray(synth.photo_like(128, 96, seed=i)) for i in range(40)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    for data in (buf.getvalue(), clip(40)):
+        ld = MediaLoader(MediaConfig(max_video_decode_pixels=10 * 128 * 96))
+        with pytest.raises(MediaError, match=r"means decoding .* source pixels, more than the limit"):
+            await ld.load([MediaSpec("video", uri(data), {"nframes": 8}, WHERE)])
+    assert decoded == []

@@ -7,10 +7,13 @@ straight into the engine call and never touches the pixels.
 
 from __future__ import annotations
 
+import time
+
 from ray import serve
 
 from serve_app.app_config import AppConfig
 from serve_app.media.spec import MediaSpec
+from serve_app.observability import metrics
 from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.preprocess.preparer import MediaPreparer
 
@@ -21,5 +24,10 @@ class Preprocessor:
         self._preparer = MediaPreparer(config)
         self._preparer.warmup()
 
-    async def prepare(self, media: list[MediaSpec]) -> PreparedMedia:
-        return await self._preparer.prepare(media)
+    async def prepare(self, media: list[MediaSpec], request_id: str | None = None,
+                      sent_at: float | None = None) -> PreparedMedia:
+        """``request_id`` (for log lines) and ``sent_at`` (``time.time()`` at the ingress, for the
+        preprocess_queue metric) are the ingress's."""
+        if sent_at is not None:
+            metrics.observe_stage("preprocess_queue", time.time() - sent_at)
+        return await self._preparer.prepare(media, request_id=request_id)

@@ -5,11 +5,13 @@ video fetched, decoded and resized. Shared by the Serve preprocessor deployment 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from serve_app.app_config import AppConfig
 from serve_app.media.loader import LoadedImage, MediaLoader
 from serve_app.media.spec import MediaSpec
+from serve_app.observability import metrics
 from serve_app.preprocess.prepared import PreparedMedia, engine_video_metadata
 
 logger = logging.getLogger("serve_app.preprocess.preparer")
@@ -18,6 +20,7 @@ logger = logging.getLogger("serve_app.preprocess.preparer")
 class MediaPreparer:
     def __init__(self, config: AppConfig) -> None:
         self._loader = MediaLoader(config.media)
+        self._cache_counter = metrics.CacheCounter()
 
     def warmup(self) -> None:
         """Import the decoders now (seconds) so the first media request does not pay for it. Best
@@ -27,8 +30,17 @@ class MediaPreparer:
         except Exception as exc:  # noqa: BLE001
             logger.warning("media decoder warm-up failed (the first request will retry): %r", exc)
 
-    async def prepare(self, media: Sequence[MediaSpec]) -> PreparedMedia:
-        loaded = await self._loader.load(media)  # decode work runs in the loader's threads
+    async def prepare(self, media: Sequence[MediaSpec], request_id: str | None = None) -> PreparedMedia:
+        t0 = time.monotonic()
+        try:
+            loaded = await self._loader.load(media)  # decode work runs in the loader's threads
+        except Exception as exc:
+            # The reason only: a media error's message may name a URL or path, never logged at INFO.
+            logger.info("request %s: media refused (%s)", request_id, metrics.media_error_reason(exc))
+            raise
+        finally:
+            self._cache_counter.report(self._loader.cache)
+        metrics.observe_stage("preprocess", time.monotonic() - t0)
         prepared = PreparedMedia()
         for item in loaded:
             if isinstance(item, LoadedImage):
@@ -37,4 +49,7 @@ class MediaPreparer:
             else:
                 prepared.videos.append((item.frames, engine_video_metadata(item.metadata)))
                 prepared.video_uuids.append(item.uuid)
+        prepared.ready_at = time.time()
+        logger.debug("request %s: %d image(s), %d video(s) prepared in %.3fs", request_id, len(prepared.images),
+                     len(prepared.videos), time.monotonic() - t0)
         return prepared

@@ -34,10 +34,6 @@ class MediaPreparer:
         t0 = time.monotonic()
         try:
             loaded = await self._loader.load(media)  # decode work runs in the loader's threads
-        except Exception as exc:
-            # The reason only: a media error's message may name a URL or path, never logged at INFO.
-            logger.info("request %s: media refused (%s)", request_id, metrics.media_error_reason(exc))
-            raise
         finally:
             self._cache_counter.report(self._loader.cache)
         metrics.observe_stage("preprocess", time.monotonic() - t0)

@@ -34,7 +34,13 @@ def obs(tmp_path_factory, media_root, tiny_model_dir):
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
     try:
         for proc in start_served(tmp_path_factory, {"media": {"allowed_local_roots": [str(media_root)]}},
-                                 extra_env={**throughput_env(), "RAY_TMPDIR": ray_tmp}, command=command):
+                                 extra_env={**throughput_env(), "RAY_TMPDIR": ray_tmp,
+                                            # a loaded 2-core box: Ray's dashboard agent can take > 30 s
+                                            "RAY_agent_register_timeout_ms": "180000",
+                                            "RAY_raylet_start_wait_time_s": "240",
+                                            # throughput mode buffers 1000 request-path log lines
+                                            # per replica (flushed on ERROR); write each at once
+                                            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}, command=command):
             proc.metrics_url = f"http://127.0.0.1:{mport}/metrics"
             proc.ray_tmp = pathlib.Path(ray_tmp)
             yield proc
@@ -157,8 +163,28 @@ def test_request_ids_and_metrics(obs, media_root):
                 or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id), (with_id, list(logs))
+    ingress_tail = "".join(t[-2000:] for n, t in logs.items() if "Ingress" in n)
+    assert any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id), (with_id, ingress_tail)
     assert any("obs-image-file" in text for name, text in logs.items() if "Engine" in name), list(logs)
     everything = "\n".join(logs.values()) + obs.log_path.read_text(errors="replace")
     assert SECRET_PROMPT not in everything
     assert "AAAAAAAA" not in everything and "base64," not in everything
+
+
+def test_smoke_command_against_the_server(obs):
+    """`python -m serve_app smoke URL`: a text and an image request, answers, token counts, timings."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "serve_app", "smoke", obs.base_url, "--max-tokens", "4"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert f"model: {MODEL}" in out
+    for name in ("text", "image"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"{name}: "))
+        assert "FAILED" not in line
+    counts = [ln for ln in out.splitlines() if "prompt_tokens=" in ln]
+    assert len(counts) == 2 and all("completion_tokens=4" in ln and "ttft=" in ln for ln in counts), out
+    text_prompt = int(counts[0].split("prompt_tokens=")[1].split()[0])
+    image_prompt = int(counts[1].split("prompt_tokens=")[1].split()[0])
+    assert image_prompt > text_prompt + 100  # 448×336 → 16×12 = 192 image tokens

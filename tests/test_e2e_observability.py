@@ -155,6 +155,7 @@ def test_request_ids_and_metrics(obs, media_root):
     assert _value(m, "ray_vllm_request_success_total") >= 6 or any("request_success" in n for n in vllm)
 
     # 4. The replicas' logs name the request by id (ingress and preprocessor), never the prompt or media.
+    # (The engine logs a request only when it fails; its vLLM request id is the same id.)
     deadline = time.monotonic() + 30
     while True:
         logs = _replica_logs(obs.ray_tmp)
@@ -165,7 +166,6 @@ def test_request_ids_and_metrics(obs, media_root):
         time.sleep(1)
     ingress_tail = "".join(t[-2000:] for n, t in logs.items() if "Ingress" in n)
     assert any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id), (with_id, ingress_tail)
-    assert any("obs-image-file" in text for name, text in logs.items() if "Engine" in name), list(logs)
     everything = "\n".join(logs.values()) + obs.log_path.read_text(errors="replace")
     assert SECRET_PROMPT not in everything
     assert "AAAAAAAA" not in everything and "base64," not in everything

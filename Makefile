@@ -32,7 +32,7 @@ $(STAMP): requirements/cpu.lock pyproject.toml | $(PY)
 	touch $@
 
 serve: install
-	$(VENV)/bin/serve run configs/local.yaml
+	$(PY) -m serve_app serve configs/local.yaml  # Prometheus metrics: http://127.0.0.1:8080/metrics
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

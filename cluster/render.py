@@ -218,6 +218,7 @@ $serve_config_block
                 - {containerPort: 8265, name: dashboard}
                 - {containerPort: 10001, name: client}
                 - {containerPort: 8000, name: serve}
+                - {containerPort: 8080, name: metrics}  # Ray's metrics export port (cluster/monitoring/podmonitor.yaml)
               resources:
                 limits: {cpu: "$head_cpu", memory: $head_memory}
                 requests: {cpu: "$head_cpu", memory: $head_memory}
@@ -240,6 +241,7 @@ $serve_config_block
                 env: $ray_env
                 ports:
                   - {containerPort: 8000, name: serve}
+                  - {containerPort: 8080, name: metrics}  # Ray's metrics export port (cluster/monitoring/podmonitor.yaml)
                 resources:
                   limits: {cpu: "$cpu_pod_cpu", memory: $cpu_pod_memory}
                   requests: {cpu: "$cpu_pod_cpu", memory: $cpu_pod_memory}
@@ -270,6 +272,7 @@ $serve_config_block
                 env: $ray_env
                 ports:
                   - {containerPort: 8000, name: serve}
+                  - {containerPort: 8080, name: metrics}  # Ray's metrics export port (cluster/monitoring/podmonitor.yaml)
                 resources:
                   limits: {cpu: "$gpu_pod_cpu", memory: $gpu_pod_memory, nvidia.com/gpu: "$gpus"}
                   requests: {cpu: "$gpu_pod_cpu", memory: $gpu_pod_memory, nvidia.com/gpu: "$gpus"}
@@ -423,6 +426,9 @@ def render_launcher() -> str:
 def rendered() -> dict[str, str]:
     out = {v.path: render_rayservice(v) for v in VARIANTS}
     out[LAUNCHER] = render_launcher()
+    from cluster import monitoring
+
+    out.update(monitoring.rendered())
     return out
 
 
@@ -438,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         stale.append(rel)
         if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {rel}")
     if args.check and stale:

@@ -62,14 +62,16 @@ def free_port() -> int:
 class ServeProcess:
     """`serve run CONFIG` in its own process group; stopped with SIGINT like a user's Ctrl-C."""
 
-    def __init__(self, config_path: pathlib.Path, log_path: pathlib.Path, port: int, env: dict[str, str]):
+    def __init__(self, config_path: pathlib.Path, log_path: pathlib.Path, port: int, env: dict[str, str],
+                 command: list[str] | None = None):
+        """``command``: instead of ``serve run CONFIG`` (the config path is appended)."""
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
         serve_bin = pathlib.Path(sys.executable).parent / "serve"
         self.proc = subprocess.Popen(
-            [str(serve_bin), "run", str(config_path)],
+            [*command, str(config_path)] if command else [str(serve_bin), "run", str(config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
         )
 
@@ -136,7 +138,7 @@ def media_root(tmp_path_factory) -> pathlib.Path:
 
 
 def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: dict | None = None,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, command: list[str] | None = None):
     """`serve run` of configs/local.yaml with overrides, on a free loopback port; a generator
     for fixtures (stops the server afterwards). ``extra_env``: for `serve run` and the local Ray it
     starts (every Ray process inherits it)."""
@@ -149,7 +151,7 @@ def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: 
     config = write_local_config(work / "serve.yaml", port, args_overrides, deployments_overrides)
     # RAY_ADDRESS="local": always a fresh Ray instance, never some cluster already running here.
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local", **(extra_env or {}))
-    proc = ServeProcess(config, logs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env)
+    proc = ServeProcess(config, logs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env, command)
     try:
         proc.wait_ready("qwen2.5-vl-tiny")
         yield proc

@@ -64,7 +64,9 @@ def serve_app_of(doc: dict) -> dict:
 # ----------------------------------------------------------------------------- no drift
 def test_manifests_are_rendered_from_configs():
     rendered = render.rendered()
-    assert set(rendered) == {str(p.relative_to(ROOT)) for p in RAYSERVICES + [LAUNCHER]}
+    from cluster import monitoring
+
+    assert set(rendered) == {str(p.relative_to(ROOT)) for p in RAYSERVICES + [LAUNCHER]} | set(monitoring.rendered())
     for rel, text in rendered.items():
         assert (ROOT / rel).read_text() == text, (
             f"{rel} is out of date with {render.SERVE_CONFIG}: run `python -m cluster.render` and commit")

@@ -8,9 +8,9 @@ call so the pixels go preprocessor → engine through the object store, never th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -37,6 +37,8 @@ from serve_app.api.protocol import (
 from serve_app.api.auth import ApiKeys, load_keys
 from serve_app.api.request_checks import check_request
 from serve_app.api.responses import ChunkStream, CompletionAccumulator
+from serve_app.observability import request_ids
+from serve_app.observability.request_metrics import RequestObserver
 
 logger = logging.getLogger("ray.serve")
 
@@ -151,17 +153,31 @@ class Ingress:
         },
     )
     async def chat_completions(self, raw: Request):
+        observer = RequestObserver()
+        response = await self._chat_completions(raw, observer)
+        if not isinstance(response, StreamingResponse):  # a stream records itself when it ends
+            observer.finish(response.status_code)
+        return response
+
+    async def _chat_completions(self, raw: Request, observer: RequestObserver):
+        try:
+            # The id Serve's proxy took from the client's X-Request-Id (or made up) and will send back.
+            request_id = request_ids.request_id(raw.headers.get(request_ids.HEADER))
+        except request_ids.InvalidRequestIdError as exc:
+            return _error(InvalidRequestError(str(exc), param="X-Request-Id"))
         try:
             self._keys.check(raw.headers.get("authorization"))
             req, body_bytes = await self._request(raw)
             checked = check_request(req, self._config)
         except ServeAppError as exc:
-            return _refused(exc, "chat completion")
+            return _refused(exc, f"chat completion {request_id}")
 
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
         engine_request = checked.engine_request(request_id, stream=req.stream)
+        engine_request = dataclasses.replace(engine_request, sent_at=time.time())
         if checked.plan.media:
-            media: Any = self._pre.prepare.remote(checked.plan.media)  # DeploymentResponse: resolved in the engine replica
+            # DeploymentResponse: resolved in the engine replica
+            media: Any = self._pre.prepare.remote(checked.plan.media, request_id=request_id,
+                                                  sent_at=engine_request.sent_at)
             engine = self._engine_stream
         else:
             media = None
@@ -170,10 +186,11 @@ class Ingress:
             engine = self._engine_stream_text if body_bytes <= _BY_VALUE_MAX_BYTES else self._engine_stream
         gen = engine.generate.remote(engine_request, media)
         if req.stream:
-            return await self._stream(gen, req, request_id, media)
+            return await self._stream(gen, req, request_id, observer, media)
         acc = CompletionAccumulator(req.n, want_logprobs=checked.top_logprobs is not None)
         try:
             async for delta in gen:
+                observer.on_delta(delta)
                 acc.add(delta)
         except asyncio.CancelledError:
             # The client went away (or the proxy's request_timeout_s passed): stop the engine request
@@ -186,7 +203,8 @@ class Ingress:
             return self._failure(exc, request_id)
         return JSONResponse(acc.response(request_id=request_id, model=self._model, created=int(time.time())))
 
-    async def _stream(self, gen, req: ChatCompletionRequest, request_id: str, media: Any = None):
+    async def _stream(self, gen, req: ChatCompletionRequest, request_id: str, observer: RequestObserver,
+                      media: Any = None):
         # Wait for the first delta before sending headers, so errors (bad media, prompt too long)
         # still get a proper 4xx status instead of an in-stream error.
         try:
@@ -200,6 +218,8 @@ class Ingress:
             raise
         except Exception as exc:  # noqa: BLE001
             return self._failure(exc, request_id)
+        if first is not None:
+            observer.on_delta(first)
         chunks = ChunkStream(
             request_id=request_id, model=self._model, created=int(time.time()), n=req.n,
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
@@ -211,27 +231,31 @@ class Ingress:
                     for line in chunks.on_delta(first):
                         yield line
                     async for delta in gen:
+                        observer.on_delta(delta)
                         for line in chunks.on_delta(delta):
                             yield line
                 for line in chunks.finish():
                     yield line
+                observer.finish(200)
             except asyncio.CancelledError:
                 # The client went away: cancelling the handle generator cancels the engine-side
                 # generator, which aborts the vLLM request.
                 gen.cancel()
+                observer.finish(499)  # nginx's "client closed request"
                 raise
             except Exception as exc:  # noqa: BLE001
                 err = self._classify_and_log(exc, request_id)
+                observer.finish(err.status_code)
                 yield chunks.error(err.to_body())
                 yield "data: [DONE]\n\n"
 
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
+        # X-Request-Id: Serve's proxy sends back the id it read (or made), which is request_id.
+        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def _classify_and_log(self, exc: BaseException, request_id: str) -> ServeAppError:
         err = to_serve_error(exc)
         if err.status_code >= 500 and err.status_code not in (503, 504):
-            logger.error("request %s failed: %r", request_id, exc)
+            logger.error("request %s failed: %s", request_id, type(exc).__name__)
         else:
             logger.info("refused request %s: %d %s param=%s: %.300s", request_id, err.status_code, err.error_type,
                         err.param, err.message)

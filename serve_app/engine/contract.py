@@ -24,6 +24,7 @@ class EngineRequest:
     sampling: dict[str, Any]  # the SamplingParams fields the client set (serve_app.api.sampling)
     top_logprobs: int | None = None  # None: no logprobs asked for
     stream: bool = False
+    sent_at: float | None = None  # time.time() when the ingress sent it (the engine_queue metric)
 
     @property
     def n(self) -> int:

@@ -27,6 +27,7 @@ from serve_app.engine.contract import Delta, EngineRequest
 from serve_app.engine.prompting import chat_renderer
 from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.engine.stream_pacing import paced
+from serve_app.observability import metrics
 
 logger = logging.getLogger("serve_app.engine")
 
@@ -80,6 +81,7 @@ class EngineRuntime:
                 usage_context=UsageContext.OPENAI_API_SERVER,
                 enable_log_requests=False,
                 disable_log_stats=False,
+                stat_loggers=_ray_stat_loggers(),
             )
         except Exception as exc:  # noqa: BLE001 - any start failure becomes one line naming its cause
             message = startup_log.failure_message(exc)
@@ -90,6 +92,7 @@ class EngineRuntime:
         # The defaults `vllm serve` applies from generation_config.json (temperature, top_p, ...).
         self.default_sampling = dict(vllm_config.model_config.get_diff_sampling_param() or {})
         self._render = chat_renderer(self.engine.tokenizer)  # vLLM's own: no second tokenizer here
+        self._media_token_ids = _media_token_ids(self.engine.tokenizer)
         logger.info("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
                     config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
 
@@ -118,6 +121,7 @@ class EngineRuntime:
     async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
         """The deltas (:func:`serve_app.engine.outputs.delta_from_output`) of one request."""
         request_id, stream = request.request_id, request.stream
+        _observe_engine_queue(request, media)
         produced = False
         source = merged = None
         failure: Exception | None = None
@@ -135,6 +139,8 @@ class EngineRuntime:
                 # AsyncLLM.generate aborts the request itself when this generator is closed or
                 # cancelled (the client went away and Serve cancelled the replica-side generator).
                 async for out in self.engine.generate(vllm_prompt, params, request_id):
+                    if not produced and media is not None:
+                        count_media_tokens(out.prompt_token_ids, self._media_token_ids)
                     produced = True
                     yield delta_from_output(out, top_logprobs=request.top_logprobs, with_token_ids=not stream)
 
@@ -174,3 +180,49 @@ class EngineRuntime:
             self.engine.shutdown()
         except Exception:  # noqa: BLE001 - best effort at teardown
             pass
+
+
+def _ray_stat_loggers() -> list | None:
+    """vLLM's own metrics (KV cache usage, running/waiting requests, its TTFT ...) through Ray's
+    metrics API, so they leave every node with Ray's and the app's (``ray_vllm_*``)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+    except Exception as exc:  # noqa: BLE001 - metrics never stop an engine from starting
+        logger.warning("vLLM metrics not exported through Ray: %r", exc)
+        return None
+    return [RayPrometheusStatLogger]
+
+
+def _media_token_ids(tokenizer: Any) -> dict[str, int]:
+    """Qwen2.5-VL's placeholder tokens: one per visual token in a rendered prompt."""
+    ids = {}
+    for kind, token in (("image", "<|image_pad|>"), ("video", "<|video_pad|>")):
+        try:
+            tid = tokenizer.convert_tokens_to_ids(token)
+        except Exception:  # noqa: BLE001
+            continue
+        if isinstance(tid, int) and tid >= 0 and tid != getattr(tokenizer, "unk_token_id", None):
+            ids[kind] = tid
+    return ids
+
+
+def count_media_tokens(prompt_token_ids: Any, media_token_ids: dict[str, int]) -> None:
+    if not prompt_token_ids or not media_token_ids:
+        return
+    ids = list(prompt_token_ids)
+    for kind, tid in media_token_ids.items():
+        metrics.count_tokens(kind, ids.count(tid))
+
+
+def _observe_engine_queue(request: EngineRequest, media: PreparedMedia | None) -> None:
+    """Ingress dispatch (or, with media, the preprocessor's finish) → this replica starts the request."""
+    since = request.sent_at
+    ready = getattr(media, "ready_at", None)
+    if ready is not None:
+        since = ready if since is None else max(since, ready)
+    if since is not None:
+        metrics.observe_stage("engine_queue", time.time() - since)

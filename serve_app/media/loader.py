@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import numpy as np
 from PIL import Image
 
 from . import vision_math as vm
+from serve_app.observability import metrics
+
 from .cache import ByteLRU
 from .config import MediaConfig
 from .errors import MediaError
@@ -185,12 +188,15 @@ class MediaLoader:
                 return await self._load_video(spec)
             return await self._load_frame_list(spec)
         except MediaError as e:
+            metrics.count_media_error(metrics.media_error_reason(e))
             raise e.with_where(spec.where) from None
         except asyncio.CancelledError:
             raise
         except MemoryError:
+            metrics.count_media_error("too_large")
             raise MediaError(f"{spec.where}: {spec.kind} is too large to decode") from None
         except Exception as e:  # a decoder bug or an input we did not foresee: still the client's 400
+            metrics.count_media_error("unexpected")
             # One line (no traceback, no source): the class says which decoder path to look at.
             log.warning("unexpected error loading %s: %s", spec.where, type(e).__name__)
             raise MediaError(f"{spec.where}: cannot load {spec.kind}: the data is damaged or not a supported "
@@ -211,6 +217,21 @@ class MediaLoader:
         eff.update(spec.options)
         return eff
 
+    async def _fetch(self, source: str, max_bytes: int) -> Fetched:
+        t0 = time.monotonic()
+        fetched = await self.fetcher.fetch(source, max_bytes=max_bytes)
+        metrics.observe_stage("media_fetch", time.monotonic() - t0)
+        metrics.count_media_bytes(source_kind(source), len(fetched.data))
+        return fetched
+
+    async def _decode(self, fn, *args, **kwargs):
+        """``fn`` (decode and resize) in the decode threads, timed as media_decode."""
+        t0 = time.monotonic()
+        try:
+            return await self._run(fn, *args, **kwargs)
+        finally:
+            metrics.observe_stage("media_decode", time.monotonic() - t0)
+
     async def _digest(self, data: bytes) -> str:
         """sha256 hex of the media bytes; large payloads hashed off the event loop (~1.5 ms per 2.7 MB)."""
         if len(data) < (1 << 20):
@@ -230,7 +251,7 @@ class MediaLoader:
             src_key = "src:" + hashlib.sha256(f"{source}\x00{opts}".encode()).hexdigest()
 
         async def from_source():
-            fetched = await self.fetcher.fetch(source, max_bytes=max_bytes)
+            fetched = await self._fetch(source, max_bytes)
             digest = await self._digest(fetched.data)
             content_key = "content:" + hashlib.sha256(f"{digest}\x00{opts}".encode()).hexdigest()
 
@@ -263,7 +284,7 @@ class MediaLoader:
         c = self.config
 
         async def compute(fetched: Fetched, uuid: str) -> LoadedImage:
-            img = await self._run(decode_image, fetched.data, spec.options, max_pixels=c.max_image_pixels,
+            img = await self._decode(decode_image, fetched.data, spec.options, max_pixels=c.max_image_pixels,
                                   min_target_pixels=c.image_min_pixels, max_target_pixels=c.image_max_pixels,
                                   content_type=fetched.content_type, mode=c.decode_mode,
                                   margin=c.jpeg_reduce_margin, output="any")
@@ -278,7 +299,7 @@ class MediaLoader:
         c = self.config
 
         async def compute(fetched: Fetched, uuid: str) -> LoadedVideo:
-            frames, meta = await self._run(decode_video, fetched.data, spec.options, limits=self._limits,
+            frames, meta = await self._decode(decode_video, fetched.data, spec.options, limits=self._limits,
                                            defaults=self._vdefaults, mode=c.decode_mode)
             frames.flags.writeable = False
             return LoadedVideo(frames=frames, metadata=meta, uuid=uuid)
@@ -300,7 +321,7 @@ class MediaLoader:
         async def fetch_at(i: int, src: str) -> Fetched:
             async with sem:
                 try:
-                    f = await self.fetcher.fetch(src, max_bytes=c.max_image_bytes)
+                    f = await self._fetch(src, c.max_image_bytes)
                 except MediaError as e:
                     raise MediaError(f"frame {i}: {e}") from None
             total[0] += len(f.data)
@@ -331,7 +352,7 @@ class MediaLoader:
 
         async def run_step(i: int, fn, *args):
             try:
-                return await self._run(fn, *args)
+                return await self._decode(fn, *args)
             except MediaError as e:
                 raise MediaError(f"frame {i}: {e}") from None
 

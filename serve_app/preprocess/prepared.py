@@ -28,6 +28,7 @@ class PreparedMedia:
     image_uuids: list[str] = field(default_factory=list)
     videos: list[tuple[np.ndarray, dict[str, Any]]] = field(default_factory=list)
     video_uuids: list[str] = field(default_factory=list)
+    ready_at: float | None = None  # time.time() when the preprocessor finished (the engine_queue metric)
 
     def vllm_inputs(self) -> dict[str, Any]:
         """The media fields of a vLLM ``TextPrompt`` dict."""

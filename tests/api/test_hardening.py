@@ -82,7 +82,7 @@ class _Handle:
         handle = self
 
         class M:
-            def remote(self, *args):
+            def remote(self, *args, **kwargs):
                 return _Call(handle.name, method, handle.log)
         return M()
 
@@ -168,14 +168,17 @@ def test_503_carries_retry_after():
 
 
 def test_media_deadline_stops_the_work():
-    from serve_app.preprocess.preparer import MediaPreparer
     from serve_app.media.spec import MediaSpec
+    from serve_app.observability import metrics
+    from serve_app.preprocess.preparer import MediaPreparer
 
     cfg = parse_app_config({"model": {"path": "/m"}, "media": {"prepare_timeout_s": 0.2}})
     prep = MediaPreparer.__new__(MediaPreparer)
     cancelled = []
 
     class SlowLoader:
+        cache = type("NoCache", (), {"hits": 0, "misses": 0})()
+
         async def load(self, media):
             try:
                 await asyncio.sleep(3600)  # a source trickling one byte every 5 s
@@ -184,6 +187,7 @@ def test_media_deadline_stops_the_work():
                 raise
 
     prep._loader, prep._timeout_s = SlowLoader(), cfg.media.prepare_timeout_s
+    prep._cache_counter = metrics.CacheCounter()
     with pytest.raises(DeadlineExceededError, match="within 0.2 s") as ei:
         asyncio.run(prep.prepare([MediaSpec("image", PNG)]))
     assert ei.value.status_code == 504 and cancelled == [True]

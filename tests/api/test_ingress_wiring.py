@@ -75,7 +75,7 @@ def test_chat_completions_picks_the_handle_by_media():
         def __init__(self, handle, name):
             self.handle, self.name = handle, name
 
-        def remote(self, *args):
+        def remote(self, *args, **kwargs):
             calls.append((self.handle.name, self.name, dict(self.handle.opts)))
             return Gen() if self.name == "generate" else object()
 

@@ -1,0 +1,1 @@
+"""What operators see: application metrics (``metrics``) and request ids (``request_ids``)."""

@@ -17,6 +17,7 @@ inside ``--budget-s``), stop the server (SIGINT, then SIGKILL of its process gro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import importlib.metadata as md
 import json
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_app.engine import cache_env
 from serve_app.ray_env import THROUGHPUT_ENV
 
 from . import coldstart, report, workloads
@@ -392,7 +394,9 @@ def phase_load(args, server: str) -> dict[str, Any]:
         cache_dir = _cache_dir(args, server, stamp)
         result["compile_cache"] = {"mode": args.compile_cache, "dir": str(cache_dir),
                                    "existed": cache_dir.is_dir()}
+        settings = dataclasses.replace(settings, cache_dir=str(cache_dir))  # the app's engine.cache_dir too
         env = dict(base_env(settings, cache_dir), **args.server_env_vars)
+        result["compile_cache"]["key_dir"] = str(cache_env.cache_base(env))
         port = free_port()
         log_path = logs / f"{server}-{stamp}.log"
         result["engine_kwargs"] = shared_engine_kwargs(settings)

@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 
 from serve_app.app_config import AppConfig
 from serve_app.engine.args import build_engine_kwargs, cpu_threads_binding
+from serve_app.engine import cache_env
 from serve_app.engine.parallel_env import FLASHINFER_BACKEND_VAR, engine_environment
 from serve_app.engine.startup import StartupLog
 from serve_app.errors import EngineStartError, InvalidRequestError, engine_cause, engine_error
@@ -38,11 +39,18 @@ class EngineRuntime:
             require_tp_compatible(model_path, config.engine.tensor_parallel_size)
 
         # Before vLLM is imported: vLLM reads these at import and hands them to its workers.
-        for key, value in engine_environment(config.engine, os.environ).items():
+        facts = cache_env.probe_stack(config.engine.accelerator) if config.engine.cache_dir else None
+        env = engine_environment(config.engine, os.environ, cache_env.cache_key(facts) if facts else None)
+        for key, value in env.items():
             if key == FLASHINFER_BACKEND_VAR and os.environ.get(key, value) != value:
                 logger.warning("%s=%s from the environment replaced by %s (args.engine.allreduce_fusion = %r)",
                                key, os.environ[key], value, config.engine.allreduce_fusion)
             os.environ[key] = value
+        if facts is not None:
+            self.cache_base = cache_env.prepare(os.environ, facts, who=os.environ.get("SERVE_APP_CACHE_USER", "engine"))
+            logger.info("engine caches under %s", self.cache_base)
+        else:
+            self.cache_base = None
         if config.engine.accelerator == "CPU" and config.engine.world_size > 1:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_binding(
                 sorted(os.sched_getaffinity(0)), config.engine.world_size))

@@ -25,18 +25,43 @@ from serve_app.engine.stream_pacing import paced
 logger = logging.getLogger("serve_app.engine")
 
 
+def _process_age_s() -> float | None:
+    """Seconds since this process started (Ray worker start + imports before the engine's __init__)."""
+    try:
+        import psutil
+
+        return round(time.time() - psutil.Process().create_time(), 2)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _Marker:
+    def __init__(self, phases: dict[str, float | None]) -> None:
+        self._phases, self._t = phases, time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self._phases[name] = round(now - self._t, 2)
+        self._t = now
+
+
 class EngineRuntime:
     def __init__(self, config: AppConfig, placement_group: Any = None) -> None:
         """``placement_group``: the group whose bundles vLLM's Ray workers take (TP×PP > 1);
         None means the caller's current placement group."""
         t0 = time.monotonic()
+        # Seconds per start phase (logged with "engine ready", and in bench/README.md's breakdown).
+        phases = self.start_phases = {"process_age_at_init": _process_age_s()}
+        mark = _Marker(phases)
         model_path = resolve_model_path(config.model)
+        mark("model_path")
         if config.engine.awq_preflight:
             # Seconds, from config.json and safetensors headers, before vLLM is even imported:
             # an AWQ shape that cannot shard at this TP fails here with the command that fixes it.
             from serve_app.awq.preflight import require_tp_compatible
 
             require_tp_compatible(model_path, config.engine.tensor_parallel_size)
+            mark("awq_preflight")
 
         # Before vLLM is imported: vLLM reads these at import and hands them to its workers.
         facts = cache_env.probe_stack(config.engine.accelerator) if config.engine.cache_dir else None
@@ -55,9 +80,11 @@ class EngineRuntime:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_binding(
                 sorted(os.sched_getaffinity(0)), config.engine.world_size))
 
+        mark("environment")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
+        mark("import_vllm")
         placement = engine_placement(config.engine)
         kwargs = build_engine_kwargs(config, model_path, placement)
         try:
@@ -74,6 +101,7 @@ class EngineRuntime:
                 raise RuntimeError("a multi-device engine must run inside its placement group")
             # Hand vLLM the replica's own placement group: its Ray workers take bundles 0..N-1.
             vllm_config.parallel_config.placement_group = placement_group
+        mark("engine_config")
         startup_log = StartupLog()
         try:
             self.engine = AsyncLLM.from_vllm_config(
@@ -86,13 +114,16 @@ class EngineRuntime:
             message = startup_log.failure_message(exc)
             logger.error("%s", message, exc_info=exc)
             raise EngineStartError(message) from None
+        mark("async_llm")  # weights, compile/cache load, KV cache, CUDA graphs, warm-up: vLLM's own log
         self._stream_interval_s = config.serving.stream_interval_ms / 1000.0
         self.max_model_len = vllm_config.model_config.max_model_len
         # The defaults `vllm serve` applies from generation_config.json (temperature, top_p, ...).
         self.default_sampling = dict(vllm_config.model_config.get_diff_sampling_param() or {})
         self._render = chat_renderer(self.engine.tokenizer)  # vLLM's own: no second tokenizer here
+        mark("renderer")
         logger.info("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
                     config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
+        logger.info("engine start phases (s): %s", " ".join(f"{k}={v}" for k, v in phases.items()))
 
     def sampling_params(self, sampling: dict[str, Any], stream: bool):
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any, AsyncIterator
 
@@ -23,6 +24,15 @@ from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.engine.stream_pacing import paced
 
 logger = logging.getLogger("serve_app.engine")
+
+
+def _announce(msg: str, *args: Any) -> None:
+    """An INFO line that reaches the replica's output even where logging drops INFO (a Serve
+    replica's root logger does): the cold-start breakdown (bench/serve_bench/coldstart.py) reads it."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(msg, *args)
+    else:
+        print(f"INFO {logger.name}: {msg % args}", file=sys.stderr, flush=True)
 
 
 def _process_age_s() -> float | None:
@@ -121,9 +131,9 @@ class EngineRuntime:
         self.default_sampling = dict(vllm_config.model_config.get_diff_sampling_param() or {})
         self._render = chat_renderer(self.engine.tokenizer)  # vLLM's own: no second tokenizer here
         mark("renderer")
-        logger.info("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
-                    config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
-        logger.info("engine start phases (s): %s", " ".join(f"{k}={v}" for k, v in phases.items()))
+        _announce("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
+                  config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
+        _announce("engine start phases (s): %s", " ".join(f"{k}={v}" for k, v in phases.items()))
 
     def sampling_params(self, sampling: dict[str, Any], stream: bool):
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams

@@ -62,9 +62,6 @@ def test_harness_vllm_and_app_text_end_to_end(tmp_path):
         cc = ph["compile_cache"]
         assert pathlib.Path(cc["key_dir"]).parent == pathlib.Path(cc["dir"])
         assert set(cc["inventory_after"]) == {"vllm", "inductor", "triton", "flashinfer", "cuda"}
-    # The app replica's own start phases, from its "engine start phases" log line.
-    cs = results["app"]["coldstart"]
-    assert cs["replica_import_vllm_s"] is not None and cs["replica_async_llm_s"] is not None
     # the same requests: identical prompt lengths on both servers (~512 tokens)
     assert prompt_tokens["vllm"] == prompt_tokens["app"] and abs(prompt_tokens["app"] - 512) <= 3
     assert results["vllm"]["engine_kwargs"] == results["app"]["engine_kwargs"]

@@ -27,12 +27,11 @@ logger = logging.getLogger("serve_app.engine")
 
 
 def _announce(msg: str, *args: Any) -> None:
-    """An INFO line that reaches the replica's output even where logging drops INFO (a Serve
-    replica's root logger does): the cold-start breakdown (bench/serve_bench/coldstart.py) reads it."""
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(msg, *args)
-    else:
-        print(f"INFO {logger.name}: {msg % args}", file=sys.stderr, flush=True)
+    """An INFO line on the replica's stdout as well as in its log: a Serve replica's logging does not
+    forward INFO lines of this logger to the driver, while Ray forwards stdout (as it does vLLM's).
+    The cold-start breakdown (bench/serve_bench/coldstart.py) reads these lines."""
+    logger.info(msg, *args)
+    print(f"INFO {logger.name}: {msg % args}", flush=True)
 
 
 def _process_age_s() -> float | None:

@@ -65,10 +65,9 @@ def render_object_storage() -> str:
     text = re.sub(r"              - name: models\n                persistentVolumeClaim: \{claimName: [^}]*\}\n",
                   f"              - name: model-cache\n"
                   f"                hostPath: {{path: {HOST_CACHE}, type: DirectoryOrCreate}}\n", text)
-    if text.count("hostPath:") != 2:
+    if text.count(f"hostPath: {{path: {HOST_CACHE}") != 2:
         raise RuntimeError("cluster/render.py's template changed: the models volume was not replaced twice")
-    text = _sub(text, "            containers:\n              - name: ray-worker\n", (
-        "            initContainers:\n"
+    owner = (
         "              # hostPath directories are created root-owned; the image runs as `ray`.\n"
         "              - name: model-cache-owner\n"
         f"                image: {render.IMAGE}\n"
@@ -78,8 +77,21 @@ def render_object_storage() -> str:
         "                  limits: {cpu: 100m, memory: 64Mi}\n"
         "                  requests: {cpu: 100m, memory: 64Mi}\n"
         "                volumeMounts:\n"
-        f"                  - {{name: model-cache, mountPath: {cache}}}\n"
-        "            containers:\n              - name: ray-worker\n"), 2)
+        f"                  - {{name: model-cache, mountPath: {cache}}}\n")
+    # gpu group: after render's engine-cache owner when there is one (engine.cache_dir), else a new list.
+    gpu_init = "            terminationGracePeriodSeconds: 180\n            initContainers:\n"
+    if "              - name: cache-owner\n" in text:
+        mark = "\n            containers:\n              - name: ray-worker\n"
+        at = text.index(mark, text.index("              - name: cache-owner\n"))
+        text = text[:at + 1] + owner.split("\n", 1)[1] + text[at + 1:]
+    else:
+        text = _sub(text, "            terminationGracePeriodSeconds: 180\n", gpu_init + owner, 1)
+    # cpu group: no init container of its own.
+    text = _sub(text, "          spec:\n            containers:\n              - name: ray-worker\n",
+                "          spec:\n            initContainers:\n" + owner
+                + "            containers:\n              - name: ray-worker\n", 1)
+    if text.count("- name: model-cache-owner") != 2:
+        raise RuntimeError("cluster/render.py's template changed: the model-cache init container is not in both groups")
     text = re.sub(r"(\n                env: \[[^\n]*\]\n)",
                   r"\1                envFrom:\n                  - secretRef: {name: " + SECRET + r", optional: true}\n",
                   text)

@@ -50,6 +50,10 @@ HEAD_POD = {"cpu": 4, "memory": "16Gi"}
 CPU_GROUP_IDLE_S = 120
 GPU_GROUP_IDLE_S = 900  # GPU pods take minutes to come back (image pull, 40 GB of weights)
 AUTOSCALER_IDLE_S = 300
+# engine.cache_dir of the Serve config (compile/JIT caches) lives on each GPU node's local disk:
+# a node that ran an engine once starts the next one warm (docs/cluster.md, "Compile and JIT caches").
+ENGINE_CACHE_HOST = "/mnt/serve-app-engine-cache"
+RAY_UID_GID = "1000:100"  # the rayproject/ray images' `ray` user
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Sizing:
     cpu_min_demand: float  # Ingress + Preprocessor CPUs at min_replicas
     cpu_max_demand: float  # ... at max_replicas
     model_path: str
+    engine_cache_dir: str | None = None
 
 
 def _fmt(x: float) -> str:
@@ -118,6 +123,7 @@ def sizing(serve_config: str = SERVE_CONFIG) -> Sizing:
         engine_strategy=placement.strategy, engine_cpus=sum(b.get("CPU", 0) for b in placement.bundles),
         engine_min=eng["min_replicas"], engine_max=eng["max_replicas"],
         cpu_min_demand=cpu_min, cpu_max_demand=cpu_max, model_path=cfg.model.path,
+        engine_cache_dir=cfg.engine.cache_dir,
     )
 
 
@@ -163,7 +169,7 @@ _RAYSERVICE = string.Template("""\
 # pre-populated disk snapshot), mounted read-only at /models on the cpu group (tokenizer and chat
 # template for preprocessing) and the gpu group (weights). It must hold $model_path.
 #
-# Serve's high-throughput mode (serve_app/ray_env.py) is on in every container: each pod's :8000 is
+$engine_cache_comment# Serve's high-throughput mode (serve_app/ray_env.py) is on in every container: each pod's :8000 is
 # HAProxy forwarding straight to the Ingress replicas' own HTTP servers (no Python proxy hop), and
 # replicas talk gRPC except where the app asks for object-store references (media).
 #
@@ -265,7 +271,7 @@ $serve_config_block
           spec:
             # Engine replicas drain for up to graceful_shutdown_timeout_s (120 s) on scale-down.
             terminationGracePeriodSeconds: 180
-            containers:
+$gpu_init_containers            containers:
               - name: ray-worker
                 image: $image
                 imagePullPolicy: IfNotPresent
@@ -279,10 +285,10 @@ $serve_config_block
                 volumeMounts:
                   - {name: models, mountPath: /models, readOnly: true}
                   - {name: dshm, mountPath: /dev/shm}
-            volumes:
+$gpu_cache_mount            volumes:
               - name: models
                 persistentVolumeClaim: {claimName: $pvc, readOnly: true}
-              # NCCL (tensor parallelism) needs far more shared memory than the container default.
+$gpu_cache_volume              # NCCL (tensor parallelism) needs far more shared memory than the container default.
               - name: dshm
                 emptyDir: {medium: Memory, sizeLimit: $shm}
             tolerations:
@@ -297,6 +303,37 @@ def _k8s_env() -> str:
 
 def _shell_env() -> str:
     return " ".join(f"{k}={v}" for k, v in THROUGHPUT_ENV.items())
+
+
+def engine_cache_parts(cache_dir: str | None) -> dict[str, str]:
+    """The gpu group's pieces for ``engine.cache_dir``: a hostPath of the node at that path, made
+    writable for the image's user by an init container (hostPath directories are created root-owned)."""
+    if not cache_dir:
+        return dict.fromkeys(("engine_cache_comment", "gpu_init_containers", "gpu_cache_mount", "gpu_cache_volume"), "")
+    return {
+        "engine_cache_comment": (
+            f"# Engine compile/JIT caches (engine.cache_dir {cache_dir}): hostPath {ENGINE_CACHE_HOST} of each gpu\n"
+            "# node, so an engine replica on a node that ran one before starts warm. Keyed by vLLM/torch/CUDA/\n"
+            "# Python/GPU inside (serve_app/engine/cache_env.py): a new image never loads stale kernels. Fill it\n"
+            "# before traffic: ray job submit -- python -m serve_app.engine.warmup <serve config>.\n#\n"),
+        "gpu_init_containers": (
+            "            initContainers:\n"
+            "              # hostPath directories are created root-owned; the image runs as `ray`.\n"
+            "              - name: cache-owner\n"
+            f"                image: {IMAGE}\n"
+            f"                command: [sh, -c, \"chown {RAY_UID_GID} {cache_dir}\"]\n"
+            "                securityContext: {runAsUser: 0}\n"
+            "                resources:\n"
+            "                  limits: {cpu: 100m, memory: 64Mi}\n"
+            "                  requests: {cpu: 100m, memory: 64Mi}\n"
+            "                volumeMounts:\n"
+            f"                  - {{name: engine-cache, mountPath: {cache_dir}}}\n"),
+        "gpu_cache_mount": f"                  - {{name: engine-cache, mountPath: {cache_dir}}}\n",
+        "gpu_cache_volume": (
+            "              # Compile/JIT caches: node-local disk (see the header).\n"
+            "              - name: engine-cache\n"
+            f"                hostPath: {{path: {ENGINE_CACHE_HOST}, type: DirectoryOrCreate}}\n"),
+    }
 
 
 def render_rayservice(v: Variant) -> str:
@@ -315,7 +352,7 @@ def render_rayservice(v: Variant) -> str:
         cpu_min=c["min"], cpu_max=c["max"], cpu_pod_cpu=CPU_POD["cpu"], cpu_pod_memory=CPU_POD["memory"],
         head_cpu=HEAD_POD["cpu"], head_memory=HEAD_POD["memory"],
         cpu_idle=CPU_GROUP_IDLE_S, gpu_idle=GPU_GROUP_IDLE_S, autoscaler_idle=AUTOSCALER_IDLE_S,
-        ray_env=_k8s_env(),
+        ray_env=_k8s_env(), **engine_cache_parts(s.engine_cache_dir),
     )
 
 
@@ -356,13 +393,13 @@ docker:
     - --ulimit nofile=65536:65536
     - --shm-size=64g
     - -v /models:/models:ro
-
+$launcher_cache_mount
 # Model weights: a shared file system mounted read-only at /models on every node (outside Docker,
 # before it starts; the container sees it through -v /models:/models:ro above).
 initialization_commands:
   - sudo mkdir -p /models
   - mountpoint -q /models || sudo mount -t nfs4 -o ro,nfsvers=4.1 fs-00000000000000000.efs.us-west-2.amazonaws.com:/ /models
-
+$launcher_cache_init
 head_node_type: head
 available_node_types:
   # Head: GCS, dashboard/Jobs API, Serve controller, autoscaler. CPU 0: nothing is scheduled here.
@@ -419,6 +456,10 @@ def render_launcher() -> str:
         gpu_min=g["min"], gpu_max=g["max"], gpu_ray_cpus=int(g["ray_cpus"]), gpus=pod.gpus,
         engines_per_pod=g["engines_per_pod"], world_size=s.world_size, strategy=s.engine_strategy,
         bundles=_bundles(s.engine_bundles), ray_env=_shell_env(),
+        launcher_cache_mount=(f"    - -v {ENGINE_CACHE_HOST}:{s.engine_cache_dir}  # engine.cache_dir: compile/JIT caches\n"
+                              if s.engine_cache_dir else ""),
+        launcher_cache_init=(f"  - sudo mkdir -p {ENGINE_CACHE_HOST} && sudo chown {RAY_UID_GID} {ENGINE_CACHE_HOST}\n"
+                             if s.engine_cache_dir else ""),
     )
 
 

@@ -127,9 +127,26 @@ class EngineSection(_Strict):
         "multicast, so the app never leaves the choice to vLLM (see serve_app/engine/parallel_env.py).",
     )
 
+    cache_dir: str | None = Field(
+        None,
+        description="Persistent root for every cache an engine start writes (vLLM's compile cache, torch "
+        "Inductor, Triton, FlashInfer's JIT, CUDA's compute cache), under a sub-directory keyed by vLLM, "
+        "torch+CUDA, Python and the GPU model, so an upgrade never loads stale artefacts "
+        "(serve_app/engine/cache_env.py). Set for the replica and every vLLM worker. A node-local volume "
+        "in production (docs/cluster.md); fill it before traffic with `python -m serve_app.engine.warmup`. "
+        "None: each library's default under ~/.cache.",
+    )
+
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _absolute_cache_dir(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path (every node and every vLLM worker resolves it alike)")
+        return value
 
     @field_validator("engine_kwargs")
     @classmethod

@@ -58,6 +58,10 @@ def test_harness_vllm_and_app_text_end_to_end(tmp_path):
         assert cs["ready_s"] > 0 and cs["first_token_s"] >= cs["ready_s"]
         assert cs["weights_load_s"] is not None and cs["init_engine_s"] is not None  # parsed from vLLM's log
         assert (out / f"{server}-server.log").stat().st_size > 0
+        # Both servers' caches under one keyed root (serve_app/engine/cache_env.py), inventoried.
+        cc = ph["compile_cache"]
+        assert pathlib.Path(cc["key_dir"]).parent == pathlib.Path(cc["dir"])
+        assert set(cc["inventory_after"]) == {"vllm", "inductor", "triton", "flashinfer", "cuda"}
     # the same requests: identical prompt lengths on both servers (~512 tokens)
     assert prompt_tokens["vllm"] == prompt_tokens["app"] and abs(prompt_tokens["app"] - 512) <= 3
     assert results["vllm"]["engine_kwargs"] == results["app"]["engine_kwargs"]

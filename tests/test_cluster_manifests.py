@@ -275,3 +275,37 @@ def test_launcher_starts_every_node_in_throughput_mode():
     doc = load(ROOT / "cluster" / "ray-cluster-aws.yaml")
     for cmd in doc["head_start_ray_commands"][1:] + doc["worker_start_ray_commands"][1:]:
         assert all(f"{k}={v}" in cmd.split("; ray start")[0] for k, v in THROUGHPUT_ENV.items()), cmd
+
+
+# ----------------------------------------------------------------------------- engine compile/JIT caches
+@pytest.mark.parametrize("path", RAYSERVICES, ids=lambda p: p.name)
+def test_engine_cache_dir_is_a_node_local_volume_on_the_gpu_group_only(path):
+    doc = load(path)
+    cache = parse_app_config(serve_app_of(doc)["args"]).engine.cache_dir
+    assert cache and cache.startswith("/")
+    gpu = groups(doc)["gpu"]["template"]["spec"]
+    vols = {v["name"]: v for v in gpu["volumes"]}
+    (c,) = gpu["containers"]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == cache]
+    assert not mount.get("readOnly")
+    assert vols[mount["name"]]["hostPath"] == {"path": render.ENGINE_CACHE_HOST, "type": "DirectoryOrCreate"}
+    (owner,) = [i for i in gpu["initContainers"] if i["name"] == "cache-owner"]
+    assert owner["command"][-1] == f"chown {render.RAY_UID_GID} {cache}"
+    assert owner["securityContext"] == {"runAsUser": 0}
+    # Preprocessing pods compile nothing: no cache volume there.
+    cpu = groups(doc)["cpu"]["template"]["spec"]
+    assert not any(m["mountPath"] == cache for m in cpu["containers"][0].get("volumeMounts", []))
+
+
+def test_no_engine_cache_dir_renders_no_cache_volume():
+    parts = render.engine_cache_parts(None)
+    assert set(parts.values()) == {""}
+    assert "engine-cache" in render.engine_cache_parts("/c")["gpu_cache_volume"]
+
+
+def test_launcher_mounts_the_engine_cache_from_the_host():
+    text = LAUNCHER.read_text()
+    cache = parse_app_config(yaml.safe_load(PROD_CONFIG.read_text())["applications"][0]["args"]).engine.cache_dir
+    doc = yaml.safe_load(text)
+    assert f"-v {render.ENGINE_CACHE_HOST}:{cache}" in doc["docker"]["run_options"]
+    assert any(render.ENGINE_CACHE_HOST in c and "chown" in c for c in doc["initialization_commands"])

@@ -60,7 +60,7 @@ def test_weights_come_from_object_storage_into_a_node_local_cache():
         (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == cache]
         assert not mount.get("readOnly") and vols[mount["name"]]["hostPath"]["path"] == object_storage.HOST_CACHE
         assert {"secretRef": {"name": object_storage.SECRET, "optional": True}} in c["envFrom"]
-        (init,) = spec["initContainers"]
+        (init,) = [i for i in spec["initContainers"] if i["name"] == "model-cache-owner"]
         assert init["image"] == render.IMAGE and cache in " ".join(init["command"])
         assert [m["mountPath"] for m in init["volumeMounts"]] == [cache]
     # Same cluster shape as the PVC variant.

@@ -51,6 +51,10 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     "api_startup_complete": re.compile(r"Application startup complete"),
     "serve_app_ready": re.compile(r"Deployed app '[^']*' successfully|Application '[^']*' is ready"),
     "serve_engine_ready": re.compile(rf"engine ready in {_NUM}s"),
+    # The app's engine replica (serve_app/engine/runtime.py): where its own start goes.
+    "replica_process_age": re.compile(rf"engine start phases \(s\):.*\bprocess_age_at_init={_NUM}"),
+    "replica_import_vllm": re.compile(rf"engine start phases \(s\):.*\bimport_vllm={_NUM}"),
+    "replica_async_llm": re.compile(rf"engine start phases \(s\):.*\basync_llm={_NUM}"),
 }
 
 
@@ -119,6 +123,9 @@ def summarize(events: list[LogEvent], ready_s: float | None = None,
         "cudagraph_gib": cg.values[1] if cg else None,
         "init_engine_s": ie.values[0] if ie else None,
         "init_engine_compile_s": ie.values[1] if ie and len(ie.values) > 1 else None,
+        "replica_process_age_s": _sum(events, "replica_process_age"),
+        "replica_import_vllm_s": _sum(events, "replica_import_vllm"),
+        "replica_async_llm_s": _sum(events, "replica_async_llm"),
     }
     # When each milestone's line appeared (seconds after launch), in order.
     milestones = [
@@ -129,6 +136,7 @@ def summarize(events: list[LogEvent], ready_s: float | None = None,
         ("kv_cache_sized", kv or kvt),
         ("graphs_captured", cg),
         ("engine_initialized", ie),
+        ("engine_ready (app replica)", _first(events, "serve_engine_ready")),
         ("server_up", _first(events, "api_startup_complete") or _first(events, "serve_app_ready")),
     ]
     timeline = [{"event": name, "t": round(e.t, 2)} for name, e in milestones if e is not None and e.t is not None]

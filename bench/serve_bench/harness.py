@@ -17,6 +17,7 @@ inside ``--budget-s``), stop the server (SIGINT, then SIGKILL of its process gro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import importlib.metadata as md
 import json
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_app.engine import cache_env
 from serve_app.ray_env import THROUGHPUT_ENV
 
 from . import coldstart, report, workloads
@@ -38,7 +40,7 @@ from .servers import (ENGINE_REPLICA_STARTED, BenchSettings, ServerProcess, Stat
                       free_port, gpu_info, serve_command, serve_config, serve_status, shared_engine_kwargs,
                       vllm_command, wait_engine_given_up, wait_gpu_free)
 
-PHASES = ("build", "bw", "vllm", "app", "fail", "report")
+PHASES = ("build", "bw", "vllm", "app", "fail", "warmup", "report")
 STOP_RESERVE_S = 45.0  # kept at the end of a load phase for stopping the server and writing results
 OUT_LOG_LIMIT = 8 << 20
 AUDITED_ENV = [*MULTICAST_OFF, FLASHINFER_BACKEND_VAR, RAY_COPY_VAR, "VLLM_USE_FLASHINFER_SAMPLER", "CUDA_VISIBLE_DEVICES"]
@@ -93,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "compilation_config and FlashInfer backend")
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment variable for both servers (repeatable), e.g. VLLM_USE_FLASHINFER_SAMPLER=0")
+    ap.add_argument("--cache-root", type=Path, default=None,
+                    help="the engine cache root (engine.cache_dir; overrides --compile-cache): every cache of "
+                         "both servers under CACHE_ROOT/<stack key>/ (serve_app/engine/cache_env.py)")
     ap.add_argument("--compile-cache", default="fresh", choices=["fresh", "reuse", "shared"],
                     help="fresh: each launch compiles from scratch (cold start as a new machine sees it); "
                          "reuse: the newest cache an earlier launch in WORKDIR left (a warm restart); "
@@ -126,7 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.requests = args.requests * len(args.concurrency)
     if len(args.requests) != len(args.concurrency):
         ap.error("--requests: one number, or one per --concurrency level")
-    args.workload_list = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    # "none": launch, wait for ready, one probe request, stop (cold-start measurements)
+    args.workload_list = [w.strip() for w in args.workloads.split(",") if w.strip() and w.strip() != "none"]
     for w in args.workload_list:
         if w not in workloads.WORKLOADS:
             ap.error(f"unknown workload {w!r}")
@@ -390,9 +396,15 @@ def phase_load(args, server: str) -> dict[str, Any]:
         if args.device == "gpu":
             result["gpu_before"] = wait_gpu_free()
         cache_dir = _cache_dir(args, server, stamp)
-        result["compile_cache"] = {"mode": args.compile_cache, "dir": str(cache_dir),
+        result["compile_cache"] = {"mode": "cache-root" if args.cache_root else args.compile_cache, "dir": str(cache_dir),
                                    "existed": cache_dir.is_dir()}
+        settings = dataclasses.replace(settings, cache_dir=str(cache_dir))  # the app's engine.cache_dir too
         env = dict(base_env(settings, cache_dir), **args.server_env_vars)
+        key_dir = cache_env.cache_base(env)
+        result["compile_cache"]["key_dir"] = str(key_dir)
+        # What the launch found and what it left: files and bytes per cache (vllm, inductor, triton,
+        # flashinfer, cuda) — which cache a start filled, as evidence for the breakdown.
+        result["compile_cache"]["inventory_before"] = cache_env.inventory(key_dir)
         port = free_port()
         log_path = logs / f"{server}-{stamp}.log"
         result["engine_kwargs"] = shared_engine_kwargs(settings)
@@ -461,6 +473,7 @@ def phase_load(args, server: str) -> dict[str, Any]:
             _log(f"{server} phase error: {result['error'][:2000]}")
         finally:
             result["stop"] = proc.stop()
+            result["compile_cache"]["inventory_after"] = cache_env.inventory(key_dir)
             follower.stop()
             result["coldstart"] = coldstart.summarize(follower.events, ready_s, first_token_s)
             result["log_events"] = [{"key": e.key, "t": None if e.t is None else round(e.t, 2), "line": e.line}
@@ -517,7 +530,50 @@ def phase_fail(args) -> dict[str, Any]:
     return result
 
 
+def phase_warmup(args) -> dict[str, Any]:
+    """The warm-up job (``python -m serve_app.engine.warmup``) on the bench's app config, into
+    ``--cache-root`` (or the ``--compile-cache`` directory): how long filling the cache takes, and
+    what it left there. The next ``app`` phase with the same cache root starts as a replica on a
+    node that ran the warm-up would."""
+    import yaml
+
+    settings = settings_for(args)
+    logs = args.workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name_ = f"warmup-{args.tag}" if args.tag else "warmup"
+    cache_dir = _cache_dir(args, "warmup", stamp)
+    settings = dataclasses.replace(settings, cache_dir=str(cache_dir))
+    env = dict(base_env(settings, cache_dir), **args.server_env_vars, **args.app_env_vars)
+    key_dir = cache_env.cache_base(env)
+    cfg_path = args.workdir / f"serve-config-warmup-{stamp}.yaml"
+    cfg_path.write_text(yaml.safe_dump(serve_config(settings, free_port(), env), sort_keys=False))
+    summary_path = args.workdir / "warmup" / f"{name_}-summary-{stamp}.json"  # not results/: no report column
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{name_}-{stamp}.log"
+    cmd = [sys.executable, "-m", "serve_app.engine.warmup", str(cfg_path), "--output", str(summary_path)]
+    if args.device == "cpu":
+        cmd += ["--image", "640x480", "--video", "160x120x30"]
+    result: dict[str, Any] = {"phase": "warmup", "tag": args.tag, "date": _now(), "command": " ".join(cmd),
+                              "cache_dir": str(cache_dir), "key_dir": str(key_dir),
+                              "inventory_before": cache_env.inventory(key_dir)}
+    t = time.monotonic()
+    with open(log_path, "wb") as log:
+        rc = subprocess.run(cmd, env=dict(os.environ, **env, RAY_ADDRESS="local", RAY_DEDUP_LOGS="0"),
+                            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2],
+                            timeout=args.ready_timeout + 120, start_new_session=True).returncode
+    result.update(rc=rc, seconds=round(time.monotonic() - t, 1), inventory_after=cache_env.inventory(key_dir))
+    if summary_path.exists():
+        result["summary"] = json.loads(summary_path.read_text())
+    _save_json(args.out / f"{name_}.json", result)
+    _copy_to_out(args, log_path, f"{name_}.log")
+    _log(f"warmup phase: rc {rc} in {result['seconds']}s; cache {key_dir}: {result['inventory_after']}")
+    return result
+
+
 def _cache_dir(args, server: str, stamp: str) -> Path:
+    if getattr(args, "cache_root", None):
+        return args.cache_root
     if args.compile_cache == "shared":
         return args.workdir / "compile-cache"
     if args.compile_cache == "reuse":
@@ -577,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
         elif phase == "fail":
             r = phase_fail(args)
             if r.get("seconds_to_failed") is None:
+                rc = 1
+        elif phase == "warmup":
+            if phase_warmup(args)["rc"] != 0:
                 rc = 1
         elif phase == "report":
             phase_report(args)

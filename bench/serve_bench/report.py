@@ -130,6 +130,9 @@ COLD_ROWS = [
     ("memory profiling", "memory_profiling_s"),
     ("CUDA graph capture", "cudagraph_s"),
     ("init engine (profile, KV cache, warm-up; incl. compile + graphs)", "init_engine_s"),
+    ("app replica: process start → engine __init__ (Ray worker + imports)", "replica_process_age_s"),
+    ("app replica: import vLLM", "replica_import_vllm_s"),
+    ("app replica: AsyncLLM start (vLLM engine, all of the above)", "replica_async_llm_s"),
     ("KV cache (GiB)", "kv_cache_gib"),
     ("KV cache (tokens)", "kv_cache_tokens"),
 ]

@@ -9,6 +9,7 @@ process still carrying the marker (Ray or vLLM helpers that might have left the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -52,6 +53,7 @@ class BenchSettings:
     ingress_replicas: int | None = None
     max_concurrency: int = 64
     allreduce_fusion: str = "off"
+    cache_dir: str | None = None  # the app's engine.cache_dir; vllm serve gets the same variables
 
     @property
     def cpu(self) -> bool:
@@ -75,13 +77,11 @@ def base_env(settings: BenchSettings, cache_dir: Path | None) -> dict[str, str]:
     from serve_app.app_config import parse_app_config
     from serve_app.engine.parallel_env import engine_environment
 
-    env.update(engine_environment(parse_app_config(app_args(settings)).engine, os.environ))
+    # With a cache dir: every cache under <cache_dir>/<key>/ (serve_app/engine/cache_env.py), the
+    # same variables an app engine replica with engine.cache_dir sets for itself.
     if cache_dir is not None:
-        env.update(
-            VLLM_CACHE_ROOT=str(cache_dir / "vllm"),
-            TORCHINDUCTOR_CACHE_DIR=str(cache_dir / "inductor"),
-            TRITON_CACHE_DIR=str(cache_dir / "triton"),
-        )
+        settings = dataclasses.replace(settings, cache_dir=str(cache_dir))
+    env.update(engine_environment(parse_app_config(app_args(settings)).engine, os.environ))
     return env
 
 
@@ -115,6 +115,7 @@ def app_args(settings: BenchSettings) -> dict[str, Any]:
             "allreduce_fusion": settings.allreduce_fusion,
             "replica_cpus": 0.5 if settings.cpu else 2,
             "engine_kwargs": engine_kwargs,
+            **({"cache_dir": settings.cache_dir} if settings.cache_dir else {}),
         },
         "media": media,
     }

@@ -63,6 +63,7 @@ from serve_app.batch.steps import (
     run_on_engine,
 )
 from serve_app.errors import EngineError, to_serve_error
+from serve_app.engine import cache_env
 from serve_app.engine.placement import engine_placement
 
 logger = logging.getLogger("serve_app.batch")
@@ -160,8 +161,11 @@ def _define_actors():
 
         async def ready(self) -> dict[str, Any]:
             ctx = ray.get_runtime_context()
+            base = self._runtime.cache_base
             return {"max_model_len": self._runtime.max_model_len, "node_id": ctx.get_node_id(),
-                    "pid": os.getpid()}
+                    "pid": os.getpid(), "cache_base": str(base) if base else None,
+                    "cache_env": {k: os.environ[k] for k in cache_env.CACHE_SUBDIRS if k in os.environ},
+                    "start_phases": dict(self._runtime.start_phases)}
 
         async def run(self, item) -> dict[str, Any]:
             return await run_on_engine(self._runtime, item, self._model)
@@ -183,6 +187,45 @@ class _Pool:
 
     def release(self, i: int) -> None:
         self.load[i] -= 1
+
+
+def start_engines(EngineWorker: Any, config: AppConfig, runtime_env: dict[str, Any], count: int, name: str,
+                  placement_timeout: float, pgs: list[Any]) -> list[Any]:
+    """``count`` engine actors, each in its own placement group made exactly as the Serve engine
+    replica's (same bundles, strategy, bundle 0 for the actor, child tasks captured). The groups are
+    appended to ``pgs`` as they are created (the caller removes them). Raises :class:`BatchAborted`
+    when a group cannot be placed within ``placement_timeout`` seconds."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    placement = engine_placement(config.engine)
+    t0 = time.monotonic()
+    for i in range(count):
+        pgs.append(placement_group([dict(b) for b in placement.bundles], strategy=placement.strategy,
+                                   name=f"{name}-engine-{i}"))
+    say(f"engine placement: {count} x {placement.strategy} {placement.bundles}")
+    for i, pg in enumerate(pgs):
+        while not pg.wait(timeout_seconds=30):
+            waited = time.monotonic() - t0
+            if waited > placement_timeout:
+                raise BatchAborted(f"engine {i}: placement group {placement.bundles} ({placement.strategy}) "
+                                   f"not placed after {waited:.0f}s; the cluster lacks a node with these "
+                                   "resources (or the autoscaler cannot add one)")
+            say(f"engine {i}: waiting for resources {placement.bundles} ({placement.strategy}), "
+                f"{waited:.0f}s so far")
+    return [
+        EngineWorker.options(
+            num_cpus=placement.replica_num_cpus,
+            num_gpus=placement.replica_num_gpus,
+            max_restarts=0,
+            runtime_env=runtime_env or None,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=0,
+                placement_group_capture_child_tasks=True),
+            name=f"{name}-engine-{i}",
+        ).remote(config, pg)
+        for i, pg in enumerate(pgs)
+    ]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -268,47 +311,20 @@ def _request_source(path: str, wanted: list[ScannedLine]) -> Iterator[tuple[int,
 def _run_requests(opts: Options, app: BatchApp, scan: InputScan, requests: list[ScannedLine],
                   writer: JsonlAppender, progress: Progress) -> None:
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from ray.util.placement_group import remove_placement_group
 
     config = app.config
     if not ray.is_initialized():
         ray.init(address=opts.address, logging_level=logging.WARNING, log_to_driver=True)
     PreprocessWorker, EngineWorker = _define_actors()
     runtime_env = actor_runtime_env(app.runtime_env)
-    placement = engine_placement(config.engine)
     run_id = uuid.uuid4().hex[:8]
     pgs: list[Any] = []
     actors: list[Any] = []
     try:
-        # ---- engines: one placement group each, exactly as the Serve engine replica's.
         t0 = time.monotonic()
-        for i in range(opts.engines):
-            pgs.append(placement_group([dict(b) for b in placement.bundles], strategy=placement.strategy,
-                                       name=f"batch-{run_id}-engine-{i}"))
-        say(f"engine placement: {opts.engines} x {placement.strategy} {placement.bundles}")
-        for i, pg in enumerate(pgs):
-            while not pg.wait(timeout_seconds=30):
-                waited = time.monotonic() - t0
-                if waited > opts.placement_timeout:
-                    raise BatchAborted(f"engine {i}: placement group {placement.bundles} ({placement.strategy}) "
-                                       f"not placed after {waited:.0f}s; the cluster lacks a node with these "
-                                       "resources (or the autoscaler cannot add one)")
-                say(f"engine {i}: waiting for resources {placement.bundles} ({placement.strategy}), "
-                    f"{waited:.0f}s so far")
-        engines = [
-            EngineWorker.options(
-                num_cpus=placement.replica_num_cpus,
-                num_gpus=placement.replica_num_gpus,
-                max_restarts=0,
-                runtime_env=runtime_env or None,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=0,
-                    placement_group_capture_child_tasks=True),
-                name=f"batch-{run_id}-engine-{i}",
-            ).remote(config, pg)
-            for i, pg in enumerate(pgs)
-        ]
+        engines = start_engines(EngineWorker, config, runtime_env, opts.engines, f"batch-{run_id}",
+                                opts.placement_timeout, pgs)
         actors.extend(engines)
         # ---- preprocessing: plain CPU actors (restarted if one dies; its request is retried once).
         cpus = opts.preprocess_cpus if opts.preprocess_cpus is not None else (app.preprocess_cpus or 1.0)

@@ -11,6 +11,9 @@ H200 hosts this project is benchmarked on, and any host without NVSwitch multica
   touches the GPUs. vLLM's Ray executor copies only ``VLLM_*``, ``NCCL_*`` and ``HF_*`` variables
   to its worker actors, so the others are named in ``VLLM_RAY_EXTRA_ENV_VARS_TO_COPY``. The engine
   core and multiprocessing workers inherit the replica's environment.
+
+The same holds for the cache variables of ``engine.cache_dir`` (``serve_app/engine/cache_env.py``):
+:func:`engine_environment` sets them too and names the non-``VLLM_*`` ones for the Ray workers.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from serve_app.app_config import EngineSection
+from serve_app.engine import cache_env
 
 # Variable -> the value that turns NVLink multicast off in that library.
 MULTICAST_OFF: dict[str, str] = {
@@ -65,11 +69,22 @@ def merge_compilation_config(user: Any, overrides: dict[str, Any]) -> Any:
     return merged
 
 
-def engine_environment(engine: EngineSection, environ: Mapping[str, str]) -> dict[str, str]:
+def _copied_by_vllm(name: str) -> bool:
+    return name.startswith(("VLLM_", "NCCL_", "HF_"))
+
+
+def engine_environment(engine: EngineSection, environ: Mapping[str, str], cache_key: str | None = None) -> dict[str, str]:
     """Variables an engine replica sets in its own environment before vLLM is imported (every
     vLLM process it starts inherits or is sent them). Raises :class:`ParallelConfigError` for a
-    setting the environment rules out."""
+    setting the environment rules out.
+
+    With ``engine.cache_dir`` set, the cache variables of :func:`cache_env.cache_environment` under
+    ``<cache_dir>/<cache_key>``; ``cache_key`` None probes this node's stack
+    (:func:`cache_env.probe_stack`, no torch/vLLM import)."""
     env: dict[str, str] = {}
+    if engine.cache_dir:
+        key = cache_key or cache_env.cache_key(cache_env.probe_stack(engine.accelerator))
+        env.update(cache_env.cache_environment(engine.cache_dir, key))
     off = multicast_disabled_by(environ)
     if uses_tp_allreduce(engine):
         if engine.allreduce_fusion == "mnnvl" and off:
@@ -80,6 +95,7 @@ def engine_environment(engine: EngineSection, environ: Mapping[str, str]) -> dic
         # can then fall back to vLLM's 'auto', which means mnnvl.
         env[FLASHINFER_BACKEND_VAR] = "mnnvl" if engine.allreduce_fusion == "mnnvl" else "trtllm"
     present = [k for k in MULTICAST_OFF if k in environ]
+    present += [k for k in env if not _copied_by_vllm(k)]
     if present:
         names = [n.strip() for n in environ.get(RAY_COPY_VAR, "").split(",") if n.strip()]
         env[RAY_COPY_VAR] = ",".join(dict.fromkeys(names + present))

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any, AsyncIterator
 
 from serve_app.app_config import AppConfig
 from serve_app.engine.args import build_engine_kwargs, cpu_threads_binding
+from serve_app.engine import cache_env
 from serve_app.engine.parallel_env import FLASHINFER_BACKEND_VAR, engine_environment
 from serve_app.engine.startup import StartupLog
 from serve_app.errors import (
@@ -32,32 +34,74 @@ from serve_app.observability import metrics
 logger = logging.getLogger("serve_app.engine")
 
 
+def _announce(msg: str, *args: Any) -> None:
+    """An INFO line on the replica's stdout as well as in its log: a Serve replica's logging does not
+    forward INFO lines of this logger to the driver, while Ray forwards stdout (as it does vLLM's).
+    The cold-start breakdown (bench/serve_bench/coldstart.py) reads these lines."""
+    logger.info(msg, *args)
+    print(f"INFO {logger.name}: {msg % args}", flush=True)
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (Ray worker start + imports before the engine's __init__)."""
+    try:
+        import psutil
+
+        return round(time.time() - psutil.Process().create_time(), 2)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _Marker:
+    def __init__(self, phases: dict[str, float | None]) -> None:
+        self._phases, self._t = phases, time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self._phases[name] = round(now - self._t, 2)
+        self._t = now
+
+
 class EngineRuntime:
     def __init__(self, config: AppConfig, placement_group: Any = None) -> None:
         """``placement_group``: the group whose bundles vLLM's Ray workers take (TP×PP > 1);
         None means the caller's current placement group."""
         t0 = time.monotonic()
+        # Seconds per start phase (logged with "engine ready", and in bench/README.md's breakdown).
+        phases = self.start_phases = {"process_age_at_init": _process_age_s()}
+        mark = _Marker(phases)
         model_path = resolve_model_path(config.model)
+        mark("model_path")
         if config.engine.awq_preflight:
             # Seconds, from config.json and safetensors headers, before vLLM is even imported:
             # an AWQ shape that cannot shard at this TP fails here with the command that fixes it.
             from serve_app.awq.preflight import require_tp_compatible
 
             require_tp_compatible(model_path, config.engine.tensor_parallel_size)
+            mark("awq_preflight")
 
         # Before vLLM is imported: vLLM reads these at import and hands them to its workers.
-        for key, value in engine_environment(config.engine, os.environ).items():
+        facts = cache_env.probe_stack(config.engine.accelerator) if config.engine.cache_dir else None
+        env = engine_environment(config.engine, os.environ, cache_env.cache_key(facts) if facts else None)
+        for key, value in env.items():
             if key == FLASHINFER_BACKEND_VAR and os.environ.get(key, value) != value:
                 logger.warning("%s=%s from the environment replaced by %s (args.engine.allreduce_fusion = %r)",
                                key, os.environ[key], value, config.engine.allreduce_fusion)
             os.environ[key] = value
+        if facts is not None:
+            self.cache_base = cache_env.prepare(os.environ, facts, who=os.environ.get("SERVE_APP_CACHE_USER", "engine"))
+            logger.info("engine caches under %s", self.cache_base)
+        else:
+            self.cache_base = None
         if config.engine.accelerator == "CPU" and config.engine.world_size > 1:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_binding(
                 sorted(os.sched_getaffinity(0)), config.engine.world_size))
 
+        mark("environment")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
+        mark("import_vllm")
         placement = engine_placement(config.engine)
         kwargs = build_engine_kwargs(config, model_path, placement)
         try:
@@ -74,6 +118,7 @@ class EngineRuntime:
                 raise RuntimeError("a multi-device engine must run inside its placement group")
             # Hand vLLM the replica's own placement group: its Ray workers take bundles 0..N-1.
             vllm_config.parallel_config.placement_group = placement_group
+        mark("engine_config")
         startup_log = StartupLog()
         try:
             self.engine = AsyncLLM.from_vllm_config(
@@ -87,14 +132,17 @@ class EngineRuntime:
             message = startup_log.failure_message(exc)
             logger.error("%s", message, exc_info=exc)
             raise EngineStartError(message) from None
+        mark("async_llm")  # weights, compile/cache load, KV cache, CUDA graphs, warm-up: vLLM's own log
         self._stream_interval_s = config.serving.stream_interval_ms / 1000.0
         self.max_model_len = vllm_config.model_config.max_model_len
         # The defaults `vllm serve` applies from generation_config.json (temperature, top_p, ...).
         self.default_sampling = dict(vllm_config.model_config.get_diff_sampling_param() or {})
         self._render = chat_renderer(self.engine.tokenizer)  # vLLM's own: no second tokenizer here
         self._media_token_ids = _media_token_ids(self.engine.tokenizer)
-        logger.info("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
-                    config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
+        mark("renderer")
+        _announce("engine ready in %.1fs: model=%s tp=%d pp=%d defaults=%s", time.monotonic() - t0, model_path,
+                  config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size, self.default_sampling)
+        _announce("engine start phases (s): %s", " ".join(f"{k}={v}" for k, v in phases.items()))
 
     def sampling_params(self, sampling: dict[str, Any], stream: bool):
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams

@@ -21,7 +21,7 @@ from tests.model_store.test_model_store import AWS_ENV, s3_client
 
 pytestmark = pytest.mark.e2e
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the repository
 MODEL = "qwen2.5-vl-tiny"
 NATIVE_WINDOW = 2048
 YARN = {"mode": "yarn", "factor": 4, "original_max_position_embeddings": NATIVE_WINDOW}

@@ -23,7 +23,7 @@ from serve_app.model_store.store import MARKER, ModelDownloadError
 from tests.model_store.hub_standin import COMMIT, HubStandIn
 from tests.model_store.loopback_proxy import ThrottlingProxy
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the repository
 REPO = "Qwen/Qwen2.5-VL-tiny"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

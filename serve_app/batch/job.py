@@ -189,6 +189,23 @@ class _Pool:
         self.load[i] -= 1
 
 
+def release(ray: Any, actors: list[Any], pgs: list[Any]) -> None:
+    """Kill the actors and remove their placement groups, best effort (teardown after a run or a
+    failure)."""
+    from ray.util.placement_group import remove_placement_group
+
+    for a in actors:
+        try:
+            ray.kill(a)
+        except Exception:  # noqa: BLE001
+            pass
+    for pg in pgs:
+        try:
+            remove_placement_group(pg)
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def start_engines(EngineWorker: Any, config: AppConfig, runtime_env: dict[str, Any], count: int, name: str,
                   placement_timeout: float, pgs: list[Any]) -> list[Any]:
     """``count`` engine actors, each in its own placement group made exactly as the Serve engine
@@ -311,7 +328,6 @@ def _request_source(path: str, wanted: list[ScannedLine]) -> Iterator[tuple[int,
 def _run_requests(opts: Options, app: BatchApp, scan: InputScan, requests: list[ScannedLine],
                   writer: JsonlAppender, progress: Progress) -> None:
     import ray
-    from ray.util.placement_group import remove_placement_group
 
     config = app.config
     if not ray.is_initialized():
@@ -351,16 +367,7 @@ def _run_requests(opts: Options, app: BatchApp, scan: InputScan, requests: list[
         _drive(ray, _request_source(opts.input, requests), _Pool(pres), _Pool(engines), engine_ids,
                max_in_flight, writer, progress, opts.progress_interval)
     finally:
-        for a in actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001
-                pass
-        for pg in pgs:
-            try:
-                remove_placement_group(pg)
-            except Exception:  # noqa: BLE001
-                pass
+        release(ray, actors, pgs)
 
 
 def _drive(ray, source, pres: _Pool, engines: _Pool, engine_ids: set[str], max_in_flight: int,

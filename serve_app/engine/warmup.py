@@ -28,8 +28,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.batch.job import (BatchAborted, BatchError, actor_runtime_env, load_app, say, start_engines,
-                                 _define_actors)
+from serve_app.batch.job import (BatchAborted, BatchError, actor_runtime_env, load_app, release, say,
+                                 start_engines, _define_actors)
 from serve_app.engine import cache_env
 
 CACHE_USER_VAR = "SERVE_APP_CACHE_USER"  # who the marker in the cache directory names as its last user
@@ -80,7 +80,6 @@ def warmup_requests(model: str, opts: Options) -> list[dict[str, Any]]:
 
 def run(opts: Options) -> dict[str, Any]:
     import ray
-    from ray.util.placement_group import remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     app = load_app(opts.config, opts.app)
@@ -139,16 +138,7 @@ def run(opts: Options) -> dict[str, Any]:
                 placement_group=pgs[0], placement_group_bundle_index=0)).remote(info["cache_base"]))
         summary["total_s"] = round(time.monotonic() - t0, 1)
     finally:
-        for a in actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001
-                pass
-        for pg in pgs:
-            try:
-                remove_placement_group(pg)
-            except Exception:  # noqa: BLE001
-                pass
+        release(ray, actors, pgs)
     summary["ok"] = bool(summary["requests"]) and all(r["status"] == 200 for r in summary["requests"])
     return summary
 

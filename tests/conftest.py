@@ -81,7 +81,7 @@ class ServeProcess:
         except OSError:
             return ""
 
-    def wait_ready(self, model: str, timeout: float = 300) -> None:
+    def wait_ready(self, model: str, timeout: float = 300, headers: dict[str, str] | None = None) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -89,7 +89,7 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                r = httpx.get(f"{self.base_url}/v1/models", timeout=5)
+                r = httpx.get(f"{self.base_url}/v1/models", timeout=5, headers=headers)
                 if r.status_code == 200 and r.json()["data"][0]["id"] == model:
                     return
             except (httpx.HTTPError, KeyError, ValueError):

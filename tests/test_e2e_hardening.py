@@ -20,24 +20,6 @@ MODEL = "qwen2.5-vl-tiny"
 KEY = "e2e-key-7f3a"
 
 
-class KeyedServe(ServeProcess):
-    """`serve run` whose readiness probe sends the key (/v1/models needs it here)."""
-
-    def wait_ready(self, model: str, timeout: float = 420) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                r = httpx.get(f"{self.base_url}/v1/models", timeout=5, headers={"Authorization": f"Bearer {KEY}"})
-                if r.status_code == 200 and r.json()["data"][0]["id"] == model:
-                    return
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"serve run not ready after {timeout}s:\n{self.log_tail()}")
-
-
 @pytest.fixture(scope="module")
 def served_keys(tmp_path_factory, tiny_model_dir):
     work = tmp_path_factory.mktemp("serve-keys")
@@ -47,9 +29,9 @@ def served_keys(tmp_path_factory, tiny_model_dir):
     config = write_local_config(work / "serve.yaml", port, {"serving": {"api_keys_env": "SERVE_APP_E2E_KEYS"}})
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local", **throughput_env(),
                SERVE_APP_E2E_KEYS=f"other-key, {KEY}")
-    proc = KeyedServe(config, logs / f"serve-keys-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env)
+    proc = ServeProcess(config, logs / f"serve-keys-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env)
     try:
-        proc.wait_ready(MODEL)
+        proc.wait_ready(MODEL, timeout=420, headers={"Authorization": f"Bearer {KEY}"})
         yield proc
     finally:
         proc.stop()

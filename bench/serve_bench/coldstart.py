@@ -196,3 +196,58 @@ class LogFollower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+# Wall-clock prefixes: vLLM's "INFO 11-30 01:02:03 [file.py:12]" (optionally with .mmm) and Ray's
+# "INFO 2026-11-30 01:02:03,456 ..." (Serve replica logs).
+_VLLM_TS = re.compile(r"\b(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d+))? \[")
+_RAY_TS = re.compile(r"\b(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d),(\d{3}) ")
+
+
+def line_wallclock(line: str, year: int) -> float | None:
+    """The local-time timestamp a log line carries (epoch seconds), or None."""
+    import datetime as dt
+
+    m = _RAY_TS.search(line)
+    if m:
+        y, mo, d, h, mi, s, ms = (int(g) for g in m.groups())
+        return dt.datetime(y, mo, d, h, mi, s, ms * 1000).timestamp()
+    m = _VLLM_TS.search(line)
+    if m:
+        mo, d, h, mi, s = (int(g) for g in m.groups()[:5])
+        frac = float("0." + m.group(6)) if m.group(6) else 0.0
+        try:
+            return dt.datetime(year, mo, d, h, mi, s).timestamp() + frac
+        except ValueError:
+            return None
+    return None
+
+
+def events_from_files(paths: list[Path], launch_wall: float) -> list[LogEvent]:
+    """Milestones from log files written by other processes (an app replica's own Ray log files),
+    timed by the wall clock on each line relative to the launch."""
+    import datetime as dt
+
+    year = dt.datetime.fromtimestamp(launch_wall).year
+    events = []
+    for p in paths:
+        try:
+            text = p.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            hits = parse_line(line)
+            if not hits:
+                continue
+            wall = line_wallclock(line, year)
+            t = None if wall is None else wall - launch_wall
+            for key, vals in hits:
+                events.append(LogEvent(key, t, vals, line.strip()[:400]))
+    events.sort(key=lambda e: (e.t is None, e.t or 0.0))
+    return events
+
+
+def merge_events(primary: list[LogEvent], secondary: list[LogEvent]) -> list[LogEvent]:
+    """``primary`` (lines the launcher saw as they appeared) plus the keys only ``secondary`` has."""
+    have = {e.key for e in primary}
+    return primary + [e for e in secondary if e.key not in have]

@@ -33,14 +33,14 @@ from typing import Any
 from serve_app.engine import cache_env
 from serve_app.ray_env import THROUGHPUT_ENV
 
-from . import coldstart, report, workloads
+from . import coldstart, launch, report, workloads
 from serve_app.engine.parallel_env import FLASHINFER_BACKEND_VAR, MULTICAST_OFF, RAY_COPY_VAR
 
 from .servers import (ENGINE_REPLICA_STARTED, BenchSettings, ServerProcess, StaticServer, base_env, env_audit,
                       free_port, gpu_info, serve_command, serve_config, serve_status, shared_engine_kwargs,
                       vllm_command, wait_engine_given_up, wait_gpu_free)
 
-PHASES = ("build", "bw", "vllm", "app", "fail", "warmup", "report")
+PHASES = ("build", "bw", "vllm", "app", "fail", "warmup", "report", "campaign", "campaign-report")
 STOP_RESERVE_S = 45.0  # kept at the end of a load phase for stopping the server and writing results
 OUT_LOG_LIMIT = 8 << 20
 AUDITED_ENV = [*MULTICAST_OFF, FLASHINFER_BACKEND_VAR, RAY_COPY_VAR, "VLLM_USE_FLASHINFER_SAMPLER", "CUDA_VISIBLE_DEVICES"]
@@ -115,7 +115,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--video-size", default="640x360", type=_size)
     ap.add_argument("--video-seconds", type=float, default=4.0)
     ap.add_argument("--video-fps", type=float, default=30.0)
+    g = ap.add_argument_group("campaign (issue #15; bench/serve_bench/campaign.py)")
+    g.add_argument("--plan", default="warm:vllm-asc1,warm:app,vllm-asc1,app,vllm-asc8,app,vllm-asc4,app",
+                   help="launch order: server variants, 'warm:' = throwaway launch")
+    g.add_argument("--levels", default="text@1,text@64,image@32,multiturn@16",
+                   help="WORKLOAD@CONCURRENCY (closed loop) or WORKLOAD:poisson@R1/R2 (open loop), comma list")
+    g.add_argument("--level-s", type=float, default=60.0, help="measurement window per level")
+    g.add_argument("--ramp-s", type=float, default=10.0, help="unrecorded ramp-up before each window")
+    g.add_argument("--drain-s", type=float, default=30.0, help="after the window: in-flight requests get this long")
+    g.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="extra server variant, e.g. 'vllm-asc8-lru=--api-server-count 8' (repeatable)")
+    g.add_argument("--bodies", default="text=4000,image=600,image-url=600,video=400,video-url=400",
+                   help="request bodies built per workload (each launch draws from the start)")
+    g.add_argument("--conversations", type=int, default=96, help="multiturn users built")
+    g.add_argument("--conversation-image-size", default="2400x1080", type=_size, help="multiturn images")
+    g.add_argument("--slo-ttft-s", type=float, default=2.0)
+    g.add_argument("--slo-tpot-s", type=float, default=0.1)
+    g.add_argument("--allow-missing-deps", action="store_true",
+                   help="record a campaign although a declared dependency of the app is not installed")
     args = ap.parse_args(argv)
+    args.bodies = {k.strip(): int(v) for k, _, v in (x.partition("=") for x in args.bodies.split(",") if x.strip())}
     phases = list(PHASES) if args.phase == "all" else [p.strip() for p in args.phase.split(",") if p.strip()]
     bad = [p for p in phases if p not in PHASES]
     if bad:
@@ -224,7 +243,9 @@ def settings_for(args) -> BenchSettings:
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager, extra_engine_kwargs=args.extra_engine_kwargs,
         preprocessor_replicas=args.preprocessor_replicas, preprocessor_cpus=args.preprocessor_cpus,
-        max_concurrency=max(args.concurrency), limit_images=max(4, args.images_per_request),
+        max_concurrency=max(args.concurrency),
+        # the multiturn workload's requests carry its whole image window
+        limit_images=max(4, args.images_per_request, workloads.ConversationShape.window),
         video_frames=_app_video_frames(args.video_seconds, args.video_fps),
         allreduce_fusion=args.allreduce_fusion,
     )
@@ -393,52 +414,25 @@ def phase_load(args, server: str) -> dict[str, Any]:
                                 for w, lv in bodies.items()}
 
         # 2. launch
-        if args.device == "gpu":
-            result["gpu_before"] = wait_gpu_free()
         cache_dir = _cache_dir(args, server, stamp)
-        result["compile_cache"] = {"mode": "cache-root" if args.cache_root else args.compile_cache, "dir": str(cache_dir),
-                                   "existed": cache_dir.is_dir()}
-        settings = dataclasses.replace(settings, cache_dir=str(cache_dir))  # the app's engine.cache_dir too
-        env = dict(base_env(settings, cache_dir), **args.server_env_vars)
-        key_dir = cache_env.cache_base(env)
-        result["compile_cache"]["key_dir"] = str(key_dir)
-        # What the launch found and what it left: files and bytes per cache (vllm, inductor, triton,
-        # flashinfer, cuda) — which cache a start filled, as evidence for the breakdown.
-        result["compile_cache"]["inventory_before"] = cache_env.inventory(key_dir)
-        port = free_port()
-        log_path = logs / f"{server}-{stamp}.log"
-        result["engine_kwargs"] = shared_engine_kwargs(settings)
-        if server == "vllm":
-            cmd = vllm_command(settings, port)
-        else:
-            import yaml
-
-            if args.serve_mode == "throughput":
-                # HAProxy's stats and metrics listeners default to fixed ports (8404, 9101)
-                env = dict(env, **THROUGHPUT_ENV, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                           RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
-            env = dict(env, **args.app_env_vars)
-            cfg = serve_config(settings, port, env)
-            cfg_path = args.workdir / f"serve-config-{stamp}.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            result["serve_config"] = cfg
-            cmd = serve_command(cfg_path)
-            env = dict(env, RAY_ADDRESS="local", RAY_DEDUP_LOGS="0")  # keep every vLLM line for the parser
-        result["command"] = " ".join(cmd)
-        result["env"] = env
+        launched = launch.start(server=server, variant=server, settings=settings, workdir=args.workdir,
+                                cache_dir=cache_dir, stamp=stamp, server_env=args.server_env_vars,
+                                app_env=args.app_env_vars, serve_mode=args.serve_mode, vllm_args=[],
+                                device=args.device, audited_env=AUDITED_ENV)
+        result.update(launched.result)
+        result["compile_cache"]["mode"] = "cache-root" if args.cache_root else args.compile_cache
+        launched.result = result
+        proc, log_path = launched.proc, launched.log_path
         _log(f"launching {server}: {result['command']}")
-        proc = ServerProcess(cmd, env, log_path, f"http://127.0.0.1:{port}")
-        result["marker"] = proc.marker  # every process of this server carries SERVE_BENCH_RUN=<marker>
-        follower = coldstart.LogFollower(log_path, proc.t0).start()
-        ready_s = first_token_s = None
         try:
-            ready_s = proc.wait_ready(settings.served_name, min(args.ready_timeout, deadline - time.monotonic() - 30))
-            _log(f"{server} ready after {ready_s:.1f}s")
-            result["env_audit"] = env_audit(proc.marker, AUDITED_ENV)
+            launched.ready_s = proc.wait_ready(settings.served_name,
+                                               min(args.ready_timeout, deadline - time.monotonic() - 30))
+            _log(f"{server} ready after {launched.ready_s:.1f}s")
+            launch.audit(launched)
             t_probe = time.monotonic()
             rec = single_request(proc.base_url, probe, timeout_s=120)
             if rec.ttft is not None:
-                first_token_s = t_probe - proc.t0 + rec.ttft
+                launched.first_token_s = t_probe - proc.t0 + rec.ttft
             result["probe"] = rec.to_dict()
 
             # 3. load
@@ -472,13 +466,7 @@ def phase_load(args, server: str) -> dict[str, Any]:
             result["error"] = f"{type(exc).__name__}: {exc}"[:4000]
             _log(f"{server} phase error: {result['error'][:2000]}")
         finally:
-            result["stop"] = proc.stop()
-            result["compile_cache"]["inventory_after"] = cache_env.inventory(key_dir)
-            follower.stop()
-            result["coldstart"] = coldstart.summarize(follower.events, ready_s, first_token_s)
-            result["log_events"] = [{"key": e.key, "t": None if e.t is None else round(e.t, 2), "line": e.line}
-                                    for e in follower.events][:200]
-            result["log"] = str(log_path)
+            launch.finish(launched)
     finally:
         if static:
             static.stop()
@@ -611,6 +599,32 @@ def phase_report(args) -> str:
     return text
 
 
+def phase_campaign(args) -> int:
+    from . import campaign
+
+    settings = settings_for(args)
+    if not Path(settings.model_dir).is_dir():
+        raise SystemExit(f"no checkpoint at {settings.model_dir}: run --phase build first (or pass --model)")
+    rc = campaign.run(args, settings=settings, log=_log, cache_dir_for=lambda server, stamp: _cache_dir(args, server, stamp),
+                      audited_env=AUDITED_ENV, versions=versions, device_desc=device_desc, host_info=host_info, now=_now)
+    return rc | phase_campaign_report(args)
+
+
+def phase_campaign_report(args) -> int:
+    """OUT/campaign/report.md from WORKDIR/campaign (or OUT/campaign when the workdir has none)."""
+    from . import campaign, campaign_report
+
+    src = args.workdir / "campaign"
+    if not src.is_dir():
+        src = args.out / "campaign"
+    meta, launches = campaign.load_launches(src)
+    text = campaign_report.render(meta, launches)
+    (args.out / "campaign").mkdir(parents=True, exist_ok=True)
+    (args.out / "campaign" / "report.md").write_text(text)
+    print(text)
+    return 0 if campaign_report.config_check(launches)["ok"] or not launches else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -639,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
                 rc = 1
         elif phase == "report":
             phase_report(args)
+        elif phase == "campaign":
+            rc |= phase_campaign(args)
+        elif phase == "campaign-report":
+            rc |= phase_campaign_report(args)
     return rc
 
 

@@ -20,6 +20,14 @@ class RequestRecord:
     chunks: int = 0
     ok: bool = False
     error: str | None = None
+    body_hash: str | None = None  # sha256 of the request body, first 16 hex digits: which request this was
+    chunk_times: list[float] = field(default_factory=list)  # seconds after start of each chunk with a choice
+    user: int | None = None  # multi-turn workloads: the conversation and the turn in it
+    turn: int | None = None
+
+    def inter_chunk(self) -> list[float]:
+        ts = self.chunk_times
+        return [b - a for a, b in zip(ts, ts[1:])]
 
     @property
     def end(self) -> float | None:
@@ -111,6 +119,8 @@ def aggregate(workload: str, concurrency: int, records: Iterable[RequestRecord],
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     tpots = [t for t in (r.tpot for r in ok) if t is not None]
     e2es = [r.e2e for r in ok if r.e2e is not None]
+    inter_chunk = [g for r in ok for g in r.inter_chunk()]
+    chunk_counts = [r.chunks for r in ok]
     prompts = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
     outs = [r.output_tokens for r in ok if r.output_tokens is not None]
     errors: list[str] = []
@@ -135,6 +145,8 @@ def aggregate(workload: str, concurrency: int, records: Iterable[RequestRecord],
         client_cpu=round(client_cpu, 3),
         loop_lag_ms_p99=None if loop_lag_ms_p99 is None else round(loop_lag_ms_p99, 2),
         errors=errors,
+        extra={"inter_chunk_ms": _dist(inter_chunk),
+               "chunks_mean": round(sum(chunk_counts) / len(chunk_counts), 2) if chunk_counts else None},
     )
 
 

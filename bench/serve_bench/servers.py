@@ -151,13 +151,15 @@ def vllm_cli_args(kwargs: dict[str, Any]) -> list[str]:
     return out
 
 
-def vllm_command(settings: BenchSettings, port: int) -> list[str]:
+def vllm_command(settings: BenchSettings, port: int, variant_args: list[str] | None = None) -> list[str]:
+    """``vllm serve`` (the CLI, so per-server options such as ``--api-server-count`` work) with the
+    shared engine arguments, then the variant's own flags."""
     kwargs = shared_engine_kwargs(settings)
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", settings.model_dir, "--served-model-name", settings.served_name,
+    return [sys.executable, "-m", "bench.serve_bench.vllm_cli", "serve", settings.model_dir,
+            "--served-model-name", settings.served_name,
             "--host", "127.0.0.1", "--port", str(port),
             "--tensor-parallel-size", str(settings.tensor_parallel_size),
-            *vllm_cli_args(kwargs)]
+            *vllm_cli_args(kwargs), *(variant_args or [])]
 
 
 def serve_config(settings: BenchSettings, port: int, env: dict[str, str]) -> dict[str, Any]:
@@ -198,8 +200,11 @@ def serve_config(settings: BenchSettings, port: int, env: dict[str, str]) -> dic
     }
 
 
-def serve_command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "ray.serve.scripts", "run", str(config_path)]
+def serve_command(config_path: Path, metrics_port: int | None = None) -> list[str]:
+    """The app as ``make serve`` runs it: ``python -m serve_app serve`` (``serve run`` after starting
+    Ray with its Prometheus metrics export port fixed)."""
+    port = ["--metrics-port", str(metrics_port)] if metrics_port else []
+    return [sys.executable, "-m", "serve_app", "serve", *port, str(config_path)]
 
 
 # ----------------------------------------------------------------------------------------- processes

@@ -16,7 +16,14 @@ image           2 x 1920x1080 JPEG (data URIs) + ~128 text tokens            128
 image-url       the same shape, images as http://127.0.0.1 URLs              128
 video           one 4 s 640x360 30 fps H.264 MP4 (data URI) + ~64 tokens     64
 video-url       the same, as an http://127.0.0.1 URL                         64
+multiturn       users of 8 turns each; turn t = the text history of turns    64
+                < t + the images t..t+4 of the user's 2400x1080 JPEGs
+                (a sliding window of 5, so 4 of 5 recur from the previous
+                turn) + ~64 tokens: where media and prefix caches pay
 ==============  ===========================================================  ==========
+
+``multiturn`` is the one workload whose requests repeat content on purpose: across the turns of one
+user (never across users), identically for both servers.
 """
 
 from __future__ import annotations
@@ -66,7 +73,17 @@ WORKLOADS: dict[str, WorkloadSpec] = {
     "image-url": WorkloadSpec("image-url", 128, 128, images=2, url=True),
     "video": WorkloadSpec("video", 64, 64, video=True),
     "video-url": WorkloadSpec("video-url", 64, 64, video=True, url=True),
+    "multiturn": WorkloadSpec("multiturn", 64, 64, images=5),
 }
+
+
+@dataclass(frozen=True)
+class ConversationShape:
+    turns: int = 8
+    window: int = 5  # images in each request: the newest ``window`` of the user's sequence
+    image_width: int = 2400
+    image_height: int = 1080
+    answer_tokens: int = 48  # the fixed "assistant" text each earlier turn carries in the history
 
 
 @dataclass(frozen=True)
@@ -126,7 +143,7 @@ def make_text(counter: TokenCounter, seed: int, n_tokens: int) -> str:
 # ------------------------------------------------------------------------------------------- media
 def _seed(workload: str, index: int, k: int = 0) -> int:
     # Distinct per workload, so e.g. image and image-url never share a picture (no cross-workload cache hits).
-    base = {"image": 1, "image-url": 2, "video": 3, "video-url": 4}.get(workload, 9)
+    base = {"image": 1, "image-url": 2, "video": 3, "video-url": 4, "multiturn": 5}.get(workload, 9)
     return base * 10_000_000 + index * 16 + k
 
 
@@ -246,4 +263,47 @@ def plan_indices(levels: list[int], requests: list[int], warmup: int) -> list[tu
         t = list(range(nxt, nxt + n))
         nxt += n
         out.append((c, w, t))
+    return out
+
+
+# ------------------------------------------------------------------------------------- multi-turn
+def conversation_image_path(assets: Path, user: int, k: int) -> Path:
+    return assets / "images" / f"multiturn-u{user:05d}-{k:02d}.jpg"
+
+
+def ensure_conversation_media(assets: Path, users: list[int], shape: ConversationShape,
+                              workers: int | None = None) -> dict[str, Any]:
+    (assets / "images").mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for u in users:
+        for k in range(shape.turns + shape.window - 1):
+            p = conversation_image_path(assets, u, k)
+            if not p.exists():
+                jobs.append((str(p), _seed("multiturn", u, k), shape.image_width, shape.image_height, 90))
+    if jobs:
+        with cf.ProcessPoolExecutor(max_workers=workers or max(1, min(len(jobs), os.cpu_count() or 2))) as ex:
+            for f in [ex.submit(_write_image, *a) for a in jobs]:
+                f.result()
+    return {"written": len(jobs)}
+
+
+def conversation_bodies(user: int, shape: ConversationShape, *, model: str, counter: TokenCounter, assets: Path,
+                        max_tokens: int, prompt_tokens: int = 64,
+                        uri_cache: dict[Path, str] | None = None) -> list[tuple[int, int, bytes]]:
+    """The ``shape.turns`` requests of one user, in order: (user, turn, body)."""
+    uri_cache = {} if uri_cache is None else uri_cache
+    history: list[dict[str, Any]] = []
+    out = []
+    for t in range(shape.turns):
+        parts: list[dict[str, Any]] = []
+        for k in range(t, t + shape.window):
+            p = conversation_image_path(assets, user, k)
+            if p not in uri_cache:
+                uri_cache[p] = data_uri(p, "image/jpeg")
+            parts.append({"type": "image_url", "image_url": {"url": uri_cache[p]}})
+        question = make_text(counter, seed=5_000_000 + user * 64 + t, n_tokens=prompt_tokens)
+        parts.append({"type": "text", "text": question})
+        out.append((user, t, request_body(model, history + [{"role": "user", "content": parts}], max_tokens)))
+        answer = make_text(counter, seed=6_000_000 + user * 64 + t, n_tokens=shape.answer_tokens)
+        history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return out

@@ -151,3 +151,11 @@ def test_multiturn_conversation_slides_its_image_window(tiny_model_dir, tmp_path
     assert m2[:3] == m1[:3] or m2[0] == m1[0]
     assert not set(images(conv1[0][2])[1]) & set(i0 + i1 + i2)  # users never share an image
     assert conv0 == workloads.conversation_bodies(0, shape, model="m", counter=counter, assets=tmp_path, max_tokens=4)
+
+
+def test_bench_readme_carries_the_generated_campaign_reports():
+    """bench/README.md's campaign tables are rendered from the committed JSONs, never edited by hand:
+    `python -m bench.serve_bench.campaign_report` refreshes them."""
+    readme = ROOT / "bench" / "README.md"
+    assert cr.readme_blocks(readme.read_text()), "no generated campaign report in bench/README.md"
+    assert cr.refresh_readme(readme, check=True) == []

@@ -11,6 +11,7 @@ TTFT p50 (concurrency 1), the highest goodput (open loop: requests/s within the 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from . import evidence
@@ -232,3 +233,62 @@ def render(meta: dict[str, Any], launches: list[dict[str, Any]]) -> str:
                                  f"undeclared differences {und}" if und else f"declared differences only {d['declared']}"))
     out.append(f"- config check: {'OK' if cc['ok'] else 'FAILED'}")
     return "\n".join(out).rstrip() + "\n"
+
+
+README_BEGIN = "<!-- BEGIN GENERATED campaign report: {src} -->"
+README_END = "<!-- END GENERATED campaign report -->"
+
+
+def readme_block(text: str, src: str) -> str:
+    """The report as bench/README.md carries it: headings two levels down, between markers that name
+    the results directory it was rendered from (a test re-renders it and compares)."""
+    lines = [("##" + ln) if ln.startswith("#") else ln for ln in text.rstrip().splitlines()]
+    return "\n".join([README_BEGIN.format(src=src), *lines, README_END])
+
+
+def readme_blocks(readme: str) -> dict[str, str]:
+    """src -> the generated block (markers included) found in a README."""
+    import re
+
+    out = {}
+    pat = re.compile(re.escape(README_BEGIN).replace(r"\{src\}", "(?P<src>[^ ]+)") + r".*?" + re.escape(README_END),
+                     re.S)
+    for m in pat.finditer(readme):
+        out[m.group("src")] = m.group(0)
+    return out
+
+
+def refresh_readme(path: Path, check: bool = False) -> list[str]:
+    """Re-render every generated block of ``path`` from its results directory; returns the stale
+    ones (with ``check`` nothing is written)."""
+    from . import campaign
+
+    text = path.read_text()
+    stale = []
+    for src, block in readme_blocks(text).items():
+        meta, launches = campaign.load_launches(path.parent.parent / src if not Path(src).is_absolute() else Path(src))
+        new = readme_block(render(meta, launches), src)
+        if new != block:
+            stale.append(src)
+            text = text.replace(block, new)
+    if stale and not check:
+        path.write_text(text)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.serve_bench.campaign_report",
+                                 description="Re-render the campaign reports a README carries (bench/README.md).")
+    ap.add_argument("readme", type=Path, nargs="?", default=Path(__file__).resolve().parents[1] / "README.md")
+    ap.add_argument("--check", action="store_true", help="only report stale blocks (exit 1)")
+    args = ap.parse_args(argv)
+    stale = refresh_readme(args.readme, check=args.check)
+    for s in stale:
+        print(f"{'stale' if args.check else 'refreshed'}: {s}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

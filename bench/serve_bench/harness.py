@@ -498,7 +498,7 @@ def phase_fail(args) -> dict[str, Any]:
     cfg_path = args.workdir / f"serve-config-{stamp}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log_path = logs / f"{name_}-{stamp}.log"
-    proc = ServerProcess(serve_command(cfg_path), dict(env, RAY_ADDRESS="local", RAY_DEDUP_LOGS="0"), log_path,
+    proc = ServerProcess(serve_command(cfg_path, free_port()), dict(env, RAY_ADDRESS="local", RAY_DEDUP_LOGS="0"), log_path,
                          f"http://127.0.0.1:{port}")
     result: dict[str, Any] = {"phase": "fail", "tag": args.tag, "date": _now(), "model_dir": settings.model_dir,
                               "tensor_parallel_size": settings.tensor_parallel_size, "serve_config": cfg}

@@ -159,3 +159,80 @@ def test_bench_readme_carries_the_generated_campaign_reports():
     readme = ROOT / "bench" / "README.md"
     assert cr.readme_blocks(readme.read_text()), "no generated campaign report in bench/README.md"
     assert cr.refresh_readme(readme, check=True) == []
+
+
+def test_timed_levels_against_a_fake_streaming_server():
+    """The time-based closed loop, the conversations and the open loop on a loopback SSE server: who
+    is recorded (ramp excluded), concurrency held, turns in order, chunk times and body hashes kept,
+    in-flight requests past the drain cut."""
+    import asyncio
+    import threading
+
+    pytest.importorskip("aiohttp")
+    from aiohttp import web
+
+    state = {"inflight": 0, "max_inflight": 0, "order": []}
+
+    async def handler(request):
+        body = await request.json()
+        state["order"].append(body["messages"][0]["content"])
+        state["inflight"] += 1
+        state["max_inflight"] = max(state["max_inflight"], state["inflight"])
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        slow = body["messages"][0]["content"] == "slow"
+        for _ in range(3):
+            await asyncio.sleep(5.0 if slow else 0.01)
+            await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')
+        await resp.write(b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3}}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        state["inflight"] -= 1
+        return resp
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box = {}
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        box["port"] = site._server.sockets[0].getsockname()[1]
+        box["runner"] = runner
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    ready.wait(10)
+    try:
+        cfg = loadgen.LoadConfig(base_url=f"http://127.0.0.1:{box['port']}", max_tokens=3)
+        level = loadgen.TimedLevel(ramp_s=0.3, window_s=1.0, drain_s=0.5)
+
+        def body(text):
+            return workloads.request_body("m", [{"role": "user", "content": text}], 3)
+
+        bodies = [body(f"r{i}") for i in range(5000)]
+        lv, recs = loadgen.run_timed_closed(cfg, "text", 3, bodies, level)
+        assert state["max_inflight"] == 3 and lv.completed == len(recs) > 10 and lv.failed == 0
+        assert lv.extra["ramp_requests"] > 0 and all(r.start >= min(x.start for x in recs) for r in recs)
+        assert recs[0].body_hash == loadgen.body_hash(bodies[recs[0].index]) and len(recs[0].chunk_times) == 3
+        assert lv.extra["inter_chunk_ms"]["p50"] >= 5
+
+        state["order"].clear()
+        conv = [[(u, k, body(f"u{u}t{k}")) for k in range(3)] for u in range(200)]
+        lv, recs = loadgen.run_timed_conversations(cfg, "multiturn", 2, conv, level)
+        for u in {int(x[1:].split("t")[0]) for x in state["order"]}:  # each user's turns went in order
+            turns = [int(x.split("t")[1]) for x in state["order"] if x.startswith(f"u{u}t")]
+            assert turns == sorted(turns)
+
+        lv, recs = loadgen.run_open_loop(cfg, "text", 30.0, [body("slow")] * 3 + bodies, level)
+        assert lv.extra["mode"] == "open-poisson" and lv.extra["offered"] > 10
+        assert lv.extra["cut_after_window"] >= 1  # the slow ones outlived window + drain
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)

@@ -20,7 +20,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterator, Sequence
+from typing import Awaitable, Callable, Sequence
 
 from .metrics import LevelResult, RequestRecord, aggregate, percentile
 
@@ -238,50 +238,28 @@ async def _timed(cfg: LoadConfig, level: TimedLevel, concurrency: int,
     return records, w0, w1, cpu, lag_p99, cut
 
 
-def run_timed_closed(cfg: LoadConfig, workload: str, concurrency: int, bodies: Sequence[bytes],
-                     level: TimedLevel) -> tuple[LevelResult, list[RequestRecord]]:
-    """Closed loop for a fixed time: each worker sends its next request when its previous one ends."""
-    it: Iterator[int] = iter(range(len(bodies)))
+def _run_timed_sequences(cfg: LoadConfig, workload: str, concurrency: int,
+                         sequences: Sequence[Sequence[tuple[int, int | None, int | None, bytes]]],
+                         level: TimedLevel) -> tuple[LevelResult, list[RequestRecord]]:
+    """Each worker takes the next sequence of (index, user, turn, body) and sends them one after the
+    other (a conversation's turns; a plain workload's sequences have one request each)."""
+    it = iter(sequences)
     exhausted = False
 
     async def job(session, url, stop_at, records):
         nonlocal exhausted
         while time.perf_counter() < stop_at:
-            i = next(it, None)
-            if i is None:
+            seq = next(it, None)
+            if seq is None:
                 exhausted = True
                 return
-            pos = len(records)
-            records.append(RequestRecord(index=i, start=time.perf_counter()))  # stays (e2e None) if cancelled
-            records[pos] = await one_request(session, url, bodies[i], i, cfg.request_timeout_s)
-
-    async def main():
-        return await _timed(cfg, level, concurrency, job)
-
-    recs, w0, w1, cpu, lag, cut = asyncio.run(main())
-    res, inside = _summarize_timed(workload, concurrency, recs, cfg.max_tokens, w0, w1, cpu, lag, cut, exhausted)
-    return res, inside
-
-
-def run_timed_conversations(cfg: LoadConfig, workload: str, concurrency: int, conversations: Sequence[Conversation],
-                            level: TimedLevel) -> tuple[LevelResult, list[RequestRecord]]:
-    """Closed loop over users: each worker plays one conversation turn after turn, then the next user."""
-    it = iter(conversations)
-    exhausted = False
-
-    async def job(session, url, stop_at, records):
-        nonlocal exhausted
-        while time.perf_counter() < stop_at:
-            conv = next(it, None)
-            if conv is None:
-                exhausted = True
-                return
-            for user, turn, body in conv:
+            for index, user, turn, body in seq:
                 if time.perf_counter() >= stop_at:
                     return
                 pos = len(records)
-                records.append(RequestRecord(index=user * 1000 + turn, start=time.perf_counter(), user=user, turn=turn))
-                done = await one_request(session, url, body, user * 1000 + turn, cfg.request_timeout_s)
+                # stays in the list (e2e None, counted as cut) if the drain cancels it
+                records.append(RequestRecord(index=index, start=time.perf_counter(), user=user, turn=turn))
+                done = await one_request(session, url, body, index, cfg.request_timeout_s)
                 done.user, done.turn = user, turn
                 records[pos] = done
 
@@ -289,8 +267,20 @@ def run_timed_conversations(cfg: LoadConfig, workload: str, concurrency: int, co
         return await _timed(cfg, level, concurrency, job)
 
     recs, w0, w1, cpu, lag, cut = asyncio.run(main())
-    res, inside = _summarize_timed(workload, concurrency, recs, cfg.max_tokens, w0, w1, cpu, lag, cut, exhausted)
-    return res, inside
+    return _summarize_timed(workload, concurrency, recs, cfg.max_tokens, w0, w1, cpu, lag, cut, exhausted)
+
+
+def run_timed_closed(cfg: LoadConfig, workload: str, concurrency: int, bodies: Sequence[bytes],
+                     level: TimedLevel) -> tuple[LevelResult, list[RequestRecord]]:
+    """Closed loop for a fixed time: each worker sends its next request when its previous one ends."""
+    return _run_timed_sequences(cfg, workload, concurrency, [[(i, None, None, b)] for i, b in enumerate(bodies)], level)
+
+
+def run_timed_conversations(cfg: LoadConfig, workload: str, concurrency: int, conversations: Sequence[Conversation],
+                            level: TimedLevel) -> tuple[LevelResult, list[RequestRecord]]:
+    """Closed loop over users: each worker plays one conversation turn after turn, then the next user."""
+    seqs = [[(user * 1000 + turn, user, turn, body) for user, turn, body in conv] for conv in conversations]
+    return _run_timed_sequences(cfg, workload, concurrency, seqs, level)
 
 
 def poisson_arrivals(rate: float, duration_s: float, seed: int) -> list[float]:

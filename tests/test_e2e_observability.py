@@ -138,6 +138,10 @@ def test_request_ids_and_metrics(obs, media_root):
     ttft_count = _value(m, "ray_serve_app_stage_seconds_count", stage="ttft")
     assert ttft_count >= 6 and _value(m, "ray_serve_app_stage_seconds_sum", stage="ttft") <= e2e_sum
     assert _value(m, "ray_serve_app_stage_seconds_count", stage="media_fetch") >= 4  # 2 data + file + bad
+    # Resizing is timed apart from decoding: the data-URI image (once: the second is a cache hit) and the file.
+    assert _value(m, "ray_serve_app_stage_seconds_count", stage="media_resize") >= 2
+    assert 0 < _value(m, "ray_serve_app_stage_seconds_sum", stage="media_resize") \
+        <= _value(m, "ray_serve_app_stage_seconds_sum", stage="preprocess")
     assert _value(m, "ray_serve_app_tokens_total", kind="completion") >= 6 * 4 - 6  # EOS may stop early
     assert _value(m, "ray_serve_app_tokens_total", kind="prompt") >= image_prompt_tokens
     image_tokens = _value(m, "ray_serve_app_tokens_total", kind="image")

@@ -113,6 +113,15 @@ def test_request_ids_and_metrics(obs, media_root):
               headers={"X-Request-Id": "obs-bad-media"})
     assert r.status_code == 400, r.text
 
+    # /stats: every engine replica (local.yaml runs one) by replica and node, and the totals.
+    stats = httpx.get(f"{base}/stats", timeout=30)
+    assert stats.status_code == 200, stats.text
+    engine = stats.json()["engine"]
+    assert engine["num_replicas"] == 1 and engine["unreachable_replicas"] == 0, engine
+    (replica,) = engine["replicas"]
+    assert replica["replica_id"] and replica["node_id"] and replica["unfinished_requests"] == 0
+    assert engine["unfinished_requests"] == sum(r["unfinished_requests"] for r in engine["replicas"])
+
     # 3. Ray exports every few seconds: poll until the last requests are in.
     deadline = time.monotonic() + 90
     while True:

@@ -21,8 +21,12 @@ class Engine:
     async def model_info(self) -> dict[str, Any]:
         return {"max_model_len": self._runtime.max_model_len}
 
-    async def stats(self) -> dict[str, int]:
-        return self._runtime.stats()
+    async def stats(self) -> dict[str, Any]:
+        """This replica's counters, named by replica and node (the ingress asks every replica)."""
+        import ray
+
+        return {"replica_id": serve.get_replica_context().replica_tag,
+                "node_id": ray.get_runtime_context().get_node_id(), **self._runtime.stats()}
 
     async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
         """``media``: the preprocessor's output, passed as its own argument so that Serve resolves

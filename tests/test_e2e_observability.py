@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -167,18 +168,25 @@ def test_request_ids_and_metrics(obs, media_root):
         assert any(needle in n for n in vllm), f"no vLLM {needle} series in {sorted(vllm)}"
     assert _value(m, "ray_vllm_request_success_total") >= 6 or any("request_success" in n for n in vllm)
 
-    # 4. The replicas' logs name the request by id (ingress and preprocessor), never the prompt or media.
-    # (The engine logs a request only when it fails; its vLLM request id is the same id.)
+    # 4. The replicas' logs name the request by id (ingress and preprocessor for the refused media; the
+    # engine's one line per request for the others), never the prompt or media.
     deadline = time.monotonic() + 30
     while True:
         logs = _replica_logs(obs.ray_tmp)
         with_id = sorted(name for name, text in logs.items() if "obs-bad-media" in text)
-        if (any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id)) \
-                or time.monotonic() > deadline:
+        engine_log = "".join(t for n, t in logs.items() if "Engine" in n)
+        if (any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id)
+                and "request obs-image-file done:" in engine_log) or time.monotonic() > deadline:
             break
         time.sleep(1)
     ingress_tail = "".join(t[-2000:] for n, t in logs.items() if "Ingress" in n)
     assert any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id), (with_id, ingress_tail)
+    done = {m.group(1): m.group(2) for m in re.finditer(r"request (\S+) done: (.*)", engine_log)}
+    assert {"obs-test-1", "obs-stream-1", "obs-image-file"} <= set(done), engine_log[-3000:]
+    assert "status=200" in done["obs-test-1"] and "prompt_tokens=" in done["obs-test-1"]
+    assert "completion_tokens=8 " in done["obs-stream-1"] and "ttft_s=" in done["obs-stream-1"]
+    image_tokens = int(re.search(r"image_tokens=(\d+)", done["obs-image-file"]).group(1))
+    assert image_tokens > 0 and f"prompt_tokens={image_prompt_tokens} " in done["obs-image-file"]
     everything = "\n".join(logs.values()) + obs.log_path.read_text(errors="replace")
     assert SECRET_PROMPT not in everything
     assert "AAAAAAAA" not in everything and "base64," not in everything

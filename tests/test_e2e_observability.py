@@ -41,12 +41,25 @@ def obs(tmp_path_factory, media_root, tiny_model_dir):
                                             "RAY_raylet_start_wait_time_s": "240",
                                             # throughput mode buffers 1000 request-path log lines
                                             # per replica (flushed on ERROR); write each at once
-                                            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}, command=command):
+                                            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+                                            **_own_direct_ingress_ports()}, command=command):
             proc.metrics_url = f"http://127.0.0.1:{mport}/metrics"
             proc.ray_tmp = pathlib.Path(ray_tmp)
             yield proc
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _own_direct_ingress_ports() -> dict[str, str]:
+    """Throughput mode gives replicas their own HTTP/gRPC ports from fixed ranges (30000+, 40000+) that
+    each Ray instance allocates without knowing the others: another Serve on this machine then holds
+    the port this one's HAProxy forwards to, and answers part of these requests with its own config.
+    Ranges starting at a port that was free just now keep the two apart."""
+    http, grpc = free_port(), free_port()
+    return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(min(http + 200, 65535)),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(min(grpc + 200, 65535))}
 
 
 def _replica_logs(ray_tmp: pathlib.Path) -> dict[str, str]:

@@ -71,6 +71,9 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         (f'histogram_quantile(0.95, sum by (le) (rate({S}_bucket{{stage="tpot"}}[$__rate_interval])))', "TPOT p95")]),
     ("Stage latency p95", "s", [
         (f"histogram_quantile(0.95, sum by (le, stage) (rate({S}_bucket[$__rate_interval])))", "{{stage}}")]),
+    ("Preprocessing p95: media fetch, decode, resize, whole request", "s", [
+        (f'histogram_quantile(0.95, sum by (le, stage) (rate({S}_bucket{{stage=~"media_fetch|media_decode|'
+         'media_resize|preprocess"}[$__rate_interval])))', "{{stage}}")]),
     ("Queue waits p95 (preprocessing, engine)", "s", [
         (f'histogram_quantile(0.95, sum by (le, stage) (rate({S}_bucket{{stage=~"preprocess_queue|engine_queue"}}'
          "[$__rate_interval])))", "{{stage}}")]),

@@ -315,7 +315,7 @@ def engine_cache_parts(cache_dir: str | None) -> dict[str, str]:
             f"# Engine compile/JIT caches (engine.cache_dir {cache_dir}): hostPath {ENGINE_CACHE_HOST} of each gpu\n"
             "# node, so an engine replica on a node that ran one before starts warm. Keyed by vLLM/torch/CUDA/\n"
             "# Python/GPU inside (serve_app/engine/cache_env.py): a new image never loads stale kernels. Fill it\n"
-            "# before traffic: ray job submit -- python -m serve_app.engine.warmup <serve config>.\n#\n"),
+            "# before traffic: ray job submit -- python -m serve_app warmup <serve config>.\n#\n"),
         "gpu_init_containers": (
             "            initContainers:\n"
             "              # hostPath directories are created root-owned; the image runs as `ray`.\n"

@@ -133,7 +133,7 @@ class EngineSection(_Strict):
         "Inductor, Triton, FlashInfer's JIT, CUDA's compute cache), under a sub-directory keyed by vLLM, "
         "torch+CUDA, Python and the GPU model, so an upgrade never loads stale artefacts "
         "(serve_app/engine/cache_env.py). Set for the replica and every vLLM worker. A node-local volume "
-        "in production (docs/cluster.md); fill it before traffic with `python -m serve_app.engine.warmup`. "
+        "in production (docs/cluster.md); fill it before traffic with `python -m serve_app warmup`. "
         "None: each library's default under ~/.cache.",
     )
 

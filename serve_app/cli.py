@@ -7,6 +7,7 @@
     serve-app awq check|pad ...                    AWQ tensor-parallel checks and padding (serve_app.awq)
     serve-app model fetch|verify ...               fill or verify a node's model cache (serve_app.model_store)
     serve-app batch ...                            the batch job (serve_app.batch)
+    serve-app warmup CONFIG ...                    fill a node's engine caches before traffic (serve_app.engine.warmup)
     serve-app render [--check]                     render cluster/ manifests (cluster.render; repo checkout)
     serve-app config-reference [--check]           docs/config-reference.md from the schema
 
@@ -41,6 +42,12 @@ def _delegate_batch(argv: list[str]) -> int:
     return main(argv)
 
 
+def _delegate_warmup(argv: list[str]) -> int:
+    from serve_app.engine.warmup import main
+
+    return main(argv, prog="serve-app warmup")
+
+
 def _delegate_render(argv: list[str]) -> int:
     try:
         from cluster.render import main
@@ -69,6 +76,7 @@ DELEGATES: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "awq": ("AWQ tensor-parallel shape checks and MLP padding", _delegate_awq),
     "model": ("fill or verify a node's model cache", _delegate_model),
     "batch": ("run the batch job (JSONL in, JSONL out)", _delegate_batch),
+    "warmup": ("start a config's engine once and fill its compile/JIT caches before traffic", _delegate_warmup),
     "render": ("render the cluster/ manifests (--check: only compare)", _delegate_render),
     "config-reference": ("write docs/config-reference.md from the schema (--check: only compare)",
                          _delegate_reference),

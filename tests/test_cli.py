@@ -87,3 +87,23 @@ def test_config_reference_check_fails_when_stale(tmp_path):
     assert config_reference.main(["--check", "--output", str(stale)]) == 1
     assert config_reference.main(["--output", str(stale)]) == 0
     assert config_reference.main(["--check", "--output", str(stale)]) == 0
+
+
+def test_warmup_runs_the_warmup_job_itself(monkeypatch, capsys):
+    """`serve-app warmup` is serve_app.engine.warmup's own entry point (one implementation)."""
+    from serve_app.engine import warmup
+
+    seen = []
+
+    def fake_run(opts):
+        seen.append(opts)
+        return {"ok": True, "requests": [{"status": 200}]}
+
+    monkeypatch.setattr(warmup, "run", fake_run)
+    assert cli.main(["warmup", "c.yaml", "--no-media", "--app", "qwen-vl"]) == 0
+    (opts,) = seen
+    assert (opts.config, opts.app, opts.images, opts.videos) == ("c.yaml", "qwen-vl", [], [])
+    assert '"ok": true' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["warmup", "--image", "1x"])
+    assert "usage: serve-app warmup" in capsys.readouterr().err

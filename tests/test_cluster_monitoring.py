@@ -4,6 +4,7 @@ dashboard charts every series the app defines (and that tests/test_e2e_observabi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -42,8 +43,12 @@ def test_dashboard_charts_every_app_series_and_the_vllm_gauges():
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
     for name, (kind, _, _) in metrics.SERIES.items():
         assert f"ray_{name}{'_bucket' if kind == 'histogram' else ''}" in exprs, name
-    for stage in ("e2e", "ttft", "tpot", "preprocess_queue", "engine_queue"):
-        assert stage in exprs
+    # Every stage by name in some panel (not only through the all-stages panel), media_resize apart from media_decode.
+    named = set()
+    for sel in re.findall(r'stage=~?"([^"]*)"', exprs):
+        named |= set(sel.split("|"))
+    assert set(metrics.STAGES) <= named, set(metrics.STAGES) - named
+    assert "media_resize" in metrics.STAGES and "media_decode" in metrics.STAGES
     for gauge in ("ray_vllm_kv_cache_usage_perc", "ray_vllm_num_requests_running", "ray_vllm_num_requests_waiting"):
         assert gauge in exprs
     ids = [p["id"] for p in dash["panels"]]

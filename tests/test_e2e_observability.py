@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -40,12 +41,25 @@ def obs(tmp_path_factory, media_root, tiny_model_dir):
                                             "RAY_raylet_start_wait_time_s": "240",
                                             # throughput mode buffers 1000 request-path log lines
                                             # per replica (flushed on ERROR); write each at once
-                                            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}, command=command):
+                                            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+                                            **_own_direct_ingress_ports()}, command=command):
             proc.metrics_url = f"http://127.0.0.1:{mport}/metrics"
             proc.ray_tmp = pathlib.Path(ray_tmp)
             yield proc
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _own_direct_ingress_ports() -> dict[str, str]:
+    """Throughput mode gives replicas their own HTTP/gRPC ports from fixed ranges (30000+, 40000+) that
+    each Ray instance allocates without knowing the others: another Serve on this machine then holds
+    the port this one's HAProxy forwards to, and answers part of these requests with its own config.
+    Ranges starting at a port that was free just now keep the two apart."""
+    http, grpc = free_port(), free_port()
+    return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(min(http + 200, 65535)),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(min(grpc + 200, 65535))}
 
 
 def _replica_logs(ray_tmp: pathlib.Path) -> dict[str, str]:
@@ -113,6 +127,15 @@ def test_request_ids_and_metrics(obs, media_root):
               headers={"X-Request-Id": "obs-bad-media"})
     assert r.status_code == 400, r.text
 
+    # /stats: every engine replica (local.yaml runs one) by replica and node, and the totals.
+    stats = httpx.get(f"{base}/stats", timeout=30)
+    assert stats.status_code == 200, stats.text
+    engine = stats.json()["engine"]
+    assert engine["num_replicas"] == 1 and engine["unreachable_replicas"] == 0, engine
+    (replica,) = engine["replicas"]
+    assert replica["replica_id"] and replica["node_id"] and replica["unfinished_requests"] == 0
+    assert engine["unfinished_requests"] == sum(r["unfinished_requests"] for r in engine["replicas"])
+
     # 3. Ray exports every few seconds: poll until the last requests are in.
     deadline = time.monotonic() + 90
     while True:
@@ -138,6 +161,10 @@ def test_request_ids_and_metrics(obs, media_root):
     ttft_count = _value(m, "ray_serve_app_stage_seconds_count", stage="ttft")
     assert ttft_count >= 6 and _value(m, "ray_serve_app_stage_seconds_sum", stage="ttft") <= e2e_sum
     assert _value(m, "ray_serve_app_stage_seconds_count", stage="media_fetch") >= 4  # 2 data + file + bad
+    # Resizing is timed apart from decoding: the data-URI image (once: the second is a cache hit) and the file.
+    assert _value(m, "ray_serve_app_stage_seconds_count", stage="media_resize") >= 2
+    assert 0 < _value(m, "ray_serve_app_stage_seconds_sum", stage="media_resize") \
+        <= _value(m, "ray_serve_app_stage_seconds_sum", stage="preprocess")
     assert _value(m, "ray_serve_app_tokens_total", kind="completion") >= 6 * 4 - 6  # EOS may stop early
     assert _value(m, "ray_serve_app_tokens_total", kind="prompt") >= image_prompt_tokens
     image_tokens = _value(m, "ray_serve_app_tokens_total", kind="image")
@@ -154,18 +181,25 @@ def test_request_ids_and_metrics(obs, media_root):
         assert any(needle in n for n in vllm), f"no vLLM {needle} series in {sorted(vllm)}"
     assert _value(m, "ray_vllm_request_success_total") >= 6 or any("request_success" in n for n in vllm)
 
-    # 4. The replicas' logs name the request by id (ingress and preprocessor), never the prompt or media.
-    # (The engine logs a request only when it fails; its vLLM request id is the same id.)
+    # 4. The replicas' logs name the request by id (ingress and preprocessor for the refused media; the
+    # engine's one line per request for the others), never the prompt or media.
     deadline = time.monotonic() + 30
     while True:
         logs = _replica_logs(obs.ray_tmp)
         with_id = sorted(name for name, text in logs.items() if "obs-bad-media" in text)
-        if (any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id)) \
-                or time.monotonic() > deadline:
+        engine_log = "".join(t for n, t in logs.items() if "Engine" in n)
+        if (any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id)
+                and "request obs-image-file done:" in engine_log) or time.monotonic() > deadline:
             break
         time.sleep(1)
     ingress_tail = "".join(t[-2000:] for n, t in logs.items() if "Ingress" in n)
     assert any("Ingress" in n for n in with_id) and any("Preprocessor" in n for n in with_id), (with_id, ingress_tail)
+    done = {m.group(1): m.group(2) for m in re.finditer(r"request (\S+) done: (.*)", engine_log)}
+    assert {"obs-test-1", "obs-stream-1", "obs-image-file"} <= set(done), engine_log[-3000:]
+    assert "status=200" in done["obs-test-1"] and "prompt_tokens=" in done["obs-test-1"]
+    assert "completion_tokens=8 " in done["obs-stream-1"] and "ttft_s=" in done["obs-stream-1"]
+    image_tokens = int(re.search(r"image_tokens=(\d+)", done["obs-image-file"]).group(1))
+    assert image_tokens > 0 and f"prompt_tokens={image_prompt_tokens} " in done["obs-image-file"]
     everything = "\n".join(logs.values()) + obs.log_path.read_text(errors="replace")
     assert SECRET_PROMPT not in everything
     assert "AAAAAAAA" not in everything and "base64," not in everything

@@ -17,11 +17,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.app_config import AppConfig
 from serve_app.errors import (
+    DeadlineExceededError,
     InvalidRequestError,
+    OverloadedError,
     RequestTooLargeError,
     ServeAppError,
     format_validation_error,
@@ -37,7 +40,7 @@ from serve_app.api.protocol import (
 from serve_app.api.auth import ApiKeys, load_keys
 from serve_app.api.request_checks import check_request
 from serve_app.api.responses import ChunkStream, CompletionAccumulator
-from serve_app.observability import request_ids
+from serve_app.observability import replica_stats, request_ids
 from serve_app.observability.request_metrics import RequestObserver
 
 logger = logging.getLogger("ray.serve")
@@ -51,6 +54,7 @@ app = FastAPI(
 _ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 500, 503, 504)}
 _RETRY_AFTER_S = "1"  # the 503s say when to come back
 _BY_VALUE_MAX_BYTES = 1 << 20  # text-only requests up to this body size go to the engine over gRPC
+_STATS_TIMEOUT_S = 10.0
 
 
 def transport(handle: DeploymentHandle, *, by_reference: bool, **options: Any) -> DeploymentHandle:
@@ -281,12 +285,23 @@ class Ingress:
 
     @app.get("/stats")
     async def stats(self, raw: Request) -> Any:
-        """Operational counters of one engine replica (requests vLLM is still working on)."""
+        """Operational counters of every engine replica (requests vLLM is still working on) and
+        their totals (:func:`serve_app.observability.replica_stats.engine_stats`)."""
         try:
             self._keys.check(raw.headers.get("authorization"))
         except ServeAppError as exc:
             return _refused(exc, "stats")
-        return {"engine": await self._engine.stats.remote()}
+        try:
+            # A control-plane call to each running replica, outside the request queues (Serve's
+            # broadcast): counters of a busy replica are what /stats is for.
+            answers = await self._engine.broadcast("stats").results_async(timeout_s=_STATS_TIMEOUT_S,
+                                                                          return_exceptions=True)
+        except TimeoutError:
+            return _error(DeadlineExceededError(
+                f"the engine replicas did not all answer within {_STATS_TIMEOUT_S:g} s"))
+        except DeploymentUnavailableError:
+            return _error(OverloadedError("no engine replica is running"))
+        return {"engine": replica_stats.engine_stats(answers)}
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:

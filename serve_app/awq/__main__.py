@@ -45,9 +45,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_pad(args: argparse.Namespace) -> int:
     progress = None if args.quiet else pad_mod._stderr
+    bar = {"auto": None, "on": True, "off": False}[args.progress_bar]
     try:
         report = pad_mod.pad_checkpoint(args.src, args.dst, args.tp, target=args.target,
-                                        overwrite=args.overwrite, progress=progress)
+                                        overwrite=args.overwrite, progress=progress,
+                                        progress_bar=False if args.quiet else bar)
     except pad_mod.UnsupportedCheckpoint as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="pad to this intermediate size instead of the smallest one all --tp accept")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--progress-bar", choices=("auto", "on", "off"), default="auto",
+                   help="a bytes bar on stderr, per shard and tensor (auto: on a terminal, or for checkpoints "
+                        f"of {pad_mod.LARGE_CHECKPOINT_BYTES >> 30} GiB and more)")
     p.set_defaults(func=_cmd_pad)
     args = ap.parse_args(argv)
     if any(t < 1 for t in args.tp):

@@ -63,6 +63,10 @@ DTYPE_SIZES = {
 }
 FLOAT_DTYPES = ("F16", "BF16", "F32")
 _COPY_CHUNK = 64 * 1024 * 1024
+# A bar even where stderr is no terminal (a Kubernetes job's log): copying a 72B checkpoint takes
+# minutes per shard, and the per-shard lines alone leave the log silent that long.
+LARGE_CHECKPOINT_BYTES = 2 << 30
+_LOG_BAR_INTERVAL_S = 30.0  # a log gets one progress line per interval, not a redraw per chunk
 
 
 class UnsupportedCheckpoint(ValueError):
@@ -129,6 +133,77 @@ class PadReport:
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _interactive(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def want_progress_bar(total_bytes: int, stream: Any = None) -> bool:
+    """The ``auto`` choice: a bar on a terminal, and on any stream for a large checkpoint."""
+    return _interactive(sys.stderr if stream is None else stream) or total_bytes >= LARGE_CHECKPOINT_BYTES
+
+
+class _LogLines:
+    """What tqdm writes, as whole lines: a log collector splits on newlines, so tqdm's carriage-return
+    redraws would otherwise pile up into one ever-growing line."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        for part in text.replace("\r", "\n").split("\n"):
+            part = part.rstrip()
+            if part:
+                self._stream.write(part + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_description_str(self, text: str, refresh: bool = True) -> None: ...
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total_bytes: int, enabled: bool) -> Any:
+    """A bytes bar on stderr (tqdm), or a stand-in that does nothing."""
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    stream = sys.stderr
+    interactive = _interactive(stream)
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=interactive,
+                file=stream if interactive else _LogLines(stream), ascii=not interactive,
+                mininterval=0.5 if interactive else _LOG_BAR_INTERVAL_S, leave=True)
+
+
+class _Counted:
+    """A binary file whose writes advance the bar: progress inside a multi-GiB tensor, not only after it."""
+
+    def __init__(self, f: Any, bar: Any) -> None:
+        self._f, self._bar = f, bar
+
+    def write(self, data: Any) -> int:
+        n = self._f.write(data)
+        self._bar.update(memoryview(data).nbytes)
+        return n
+
+
+def _copy_file(src: Path, dst: Path, bar: Any) -> None:
+    if isinstance(bar, _NoBar):
+        shutil.copyfile(src, dst)
+        return
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        _copy_bytes(fin, _Counted(fout, bar), os.path.getsize(src), src.name)
+    shutil.copymode(src, dst)
 
 
 # --- planning (validation, no writes) ----------------------------------------------------------
@@ -314,8 +389,9 @@ def _nbytes(dtype: str, shape: Iterable[int]) -> int:
 
 
 def rewrite_shard(src_path: Path, dst_path: Path, header: dict[str, Any], data_start: int,
-                  pads: dict[str, TensorPad]) -> int:
+                  pads: dict[str, TensorPad], bar: Any = None) -> int:
     """Write ``dst_path``: same tensors, same order, ``pads`` applied; others copied byte for byte.
+    ``bar`` (optional, tqdm-like) advances by the bytes written and names the tensor being written.
     Returns the data size in bytes."""
     names = [n for n in header if n != "__metadata__"]
     by_offset = sorted(names, key=lambda n: header[n]["data_offsets"][0])
@@ -339,11 +415,14 @@ def rewrite_shard(src_path: Path, dst_path: Path, header: dict[str, Any], data_s
         new_header[n] = {"dtype": info["dtype"], "shape": shape, "data_offsets": list(offsets[n])}
     raw = json.dumps(new_header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    with open(src_path, "rb") as fin, open(dst_path, "wb") as fout:
-        fout.write(struct.pack("<Q", len(raw)))
-        fout.write(raw)
+    with open(src_path, "rb") as fin, open(dst_path, "wb") as raw_out:
+        raw_out.write(struct.pack("<Q", len(raw)))
+        raw_out.write(raw)
+        fout = raw_out if bar is None else _Counted(raw_out, bar)  # the bar counts tensor bytes
         for n in by_offset:
             b, e = header[n]["data_offsets"]
+            if bar is not None:
+                bar.set_postfix_str(n, refresh=False)
             fin.seek(data_start + b)
             if n in pads:
                 if e - b != _nbytes(header[n]["dtype"], pads[n].shape):
@@ -352,6 +431,13 @@ def rewrite_shard(src_path: Path, dst_path: Path, header: dict[str, Any], data_s
             else:
                 _copy_bytes(fin, fout, e - b, n)
     return pos
+
+
+def _data_bytes(header: dict[str, Any], pads: dict[str, TensorPad]) -> int:
+    """Tensor bytes of a shard once ``pads`` are applied (what :func:`rewrite_shard` writes after the header)."""
+    return sum(_nbytes(info["dtype"], pads[n].new_shape) if n in pads
+               else info["data_offsets"][1] - info["data_offsets"][0]
+               for n, info in header.items() if n != "__metadata__")
 
 
 def _update_config(cfg: dict[str, Any], old: int, new: int, path: str = "") -> list[str]:
@@ -387,10 +473,14 @@ def _copy_tree_except(src: Path, dst: Path, skip: set[str]) -> list[str]:
 
 def pad_checkpoint(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, tp_sizes: Iterable[int], *,
                    target: int | None = None, overwrite: bool = False,
-                   progress: Callable[[str], None] | None = _stderr) -> PadReport:
+                   progress: Callable[[str], None] | None = _stderr,
+                   progress_bar: bool | None = False) -> PadReport:
     """Write a copy of ``src_dir`` to ``dst_dir`` whose MLP intermediate size every TP in
     ``tp_sizes`` accepts (AWQ + AWQ-Marlin rules). Nothing is written when no padding is needed
     (``report.changed`` is False). Raises :class:`UnsupportedCheckpoint` for layouts it does not handle.
+
+    ``progress`` gets one line per step and shard; ``progress_bar`` adds a bytes bar on stderr that
+    advances within shards and names the shard and tensor being written (None: :func:`want_progress_bar`).
     """
     say = progress or (lambda _m: None)
     t0 = time.monotonic()
@@ -428,6 +518,13 @@ def pad_checkpoint(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, tp_si
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    bar_total = sum(_data_bytes(p.headers[f][0], p.pads[f]) if f in p.pads else os.path.getsize(src / f)
+                    for f in p.files)
+    bar = _progress_bar(bar_total, want_progress_bar(total) if progress_bar is None else progress_bar)
+    if progress is _stderr and not isinstance(bar, _NoBar):
+        from tqdm import tqdm
+
+        say = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731 - above the bar, not through it
     try:
         sizes: dict[str, int] = {}
         for k, fname in enumerate(p.files, 1):
@@ -436,12 +533,15 @@ def pad_checkpoint(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, tp_si
             out.parent.mkdir(parents=True, exist_ok=True)
             header, start = p.headers[fname]
             pads = p.pads.get(fname, {})
+            bar.set_description_str(f"[{k}/{len(p.files)}] {fname}", refresh=False)
             if pads:
-                rewrite_shard(src / fname, out, header, start, pads)
+                rewrite_shard(src / fname, out, header, start, pads,
+                              bar=None if isinstance(bar, _NoBar) else bar)
                 report.rewritten_files.append(fname)
                 what = f"padded {len(pads)} tensor(s), copied {len(header) - len(pads) - ('__metadata__' in header)}"
             else:
-                shutil.copyfile(src / fname, out)
+                bar.set_postfix_str("verbatim", refresh=False)
+                _copy_file(src / fname, out, bar)
                 report.copied_files.append(fname)
                 what = "copied verbatim (no MLP tensors)"
             new_header, _ = read_safetensors_header(out)  # read back: a valid header with the new shapes
@@ -449,6 +549,7 @@ def pad_checkpoint(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, tp_si
             say(f"[{k}/{len(p.files)}] {fname}: {what} ({os.path.getsize(out) / 2**20:.1f} MiB, "
                 f"{time.monotonic() - t1:.1f}s)")
         report.padded_tensors = p.num_padded_tensors
+        bar.close()
 
         # index: same weight_map (names and files do not change), recomputed total_size
         if (src / INDEX_FILE).is_file():
@@ -470,6 +571,7 @@ def pad_checkpoint(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, tp_si
             shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
         os.replace(tmp, dst)
     except BaseException:
+        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report.seconds = time.monotonic() - t0

@@ -3,11 +3,13 @@ placement group (bundles and strategy from :mod:`serve_app.engine.placement`, se
 
 from __future__ import annotations
 
+import logging
 from typing import Any, AsyncIterator
 
 from ray import serve
 
 from serve_app.app_config import AppConfig
+from serve_app.engine import request_log
 from serve_app.engine.contract import Delta, EngineRequest
 from serve_app.engine.runtime import EngineRuntime
 from serve_app.preprocess.prepared import PreparedMedia
@@ -16,13 +18,18 @@ from serve_app.preprocess.prepared import PreparedMedia
 @serve.deployment(name="Engine")
 class Engine:
     def __init__(self, config: AppConfig) -> None:
-        self._runtime = EngineRuntime(config)
+        # Serve's replica logger, as the ingress and the preprocessor use: its file, its JSON.
+        self._runtime = EngineRuntime(config, request_log=request_log.log_to(logging.getLogger("ray.serve")))
 
     async def model_info(self) -> dict[str, Any]:
         return {"max_model_len": self._runtime.max_model_len}
 
-    async def stats(self) -> dict[str, int]:
-        return self._runtime.stats()
+    async def stats(self) -> dict[str, Any]:
+        """This replica's counters, named by replica and node (the ingress asks every replica)."""
+        import ray
+
+        return {"replica_id": serve.get_replica_context().replica_tag,
+                "node_id": ray.get_runtime_context().get_node_id(), **self._runtime.stats()}
 
     async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
         """``media``: the preprocessor's output, passed as its own argument so that Serve resolves

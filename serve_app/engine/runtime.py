@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from serve_app.app_config import AppConfig
 from serve_app.engine.args import build_engine_kwargs, cpu_threads_binding
@@ -27,6 +27,7 @@ from serve_app.engine.outputs import delta_from_output
 from serve_app.engine.placement import engine_placement
 from serve_app.engine.contract import Delta, EngineRequest
 from serve_app.engine.prompting import chat_renderer
+from serve_app.engine.request_log import RequestRecord
 from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.engine.stream_pacing import paced
 from serve_app.observability import metrics
@@ -63,9 +64,15 @@ class _Marker:
 
 
 class EngineRuntime:
-    def __init__(self, config: AppConfig, placement_group: Any = None) -> None:
+    _request_log: Callable[[dict[str, Any]], None] | None = None
+
+    def __init__(self, config: AppConfig, placement_group: Any = None,
+                 request_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         """``placement_group``: the group whose bundles vLLM's Ray workers take (TP×PP > 1);
-        None means the caller's current placement group."""
+        None means the caller's current placement group. ``request_log``: gets each request's
+        :meth:`~serve_app.engine.request_log.RequestRecord.fields` when it ends (the Serve replica
+        logs them; the batch job writes its records instead)."""
+        self._request_log = request_log
         t0 = time.monotonic()
         # Seconds per start phase (logged with "engine ready", and in bench/README.md's breakdown).
         phases = self.start_phases = {"process_age_at_init": _process_age_s()}
@@ -169,7 +176,7 @@ class EngineRuntime:
     async def generate(self, request: EngineRequest, media: PreparedMedia | None = None) -> AsyncIterator[Delta]:
         """The deltas (:func:`serve_app.engine.outputs.delta_from_output`) of one request."""
         request_id, stream = request.request_id, request.stream
-        _observe_engine_queue(request, media)
+        record = RequestRecord(request_id, queue_s=_observe_engine_queue(request, media))
         produced = False
         source = merged = None
         failure: Exception | None = None
@@ -188,7 +195,7 @@ class EngineRuntime:
                 # cancelled (the client went away and Serve cancelled the replica-side generator).
                 async for out in self.engine.generate(vllm_prompt, params, request_id):
                     if not produced and media is not None:
-                        count_media_tokens(out.prompt_token_ids, self._media_token_ids)
+                        record.media_tokens = count_media_tokens(out.prompt_token_ids, self._media_token_ids)
                     produced = True
                     yield delta_from_output(out, top_logprobs=request.top_logprobs, with_token_ids=not stream)
 
@@ -197,9 +204,12 @@ class EngineRuntime:
             # request instead of one per token; the first and the last delta are never delayed.
             merged = paced(source, self._stream_interval_s if stream else 0.0)
             async for delta in merged:
+                record.on_delta(delta)
                 yield delta
+            record.succeeded()
         except Exception as exc:  # noqa: BLE001
             err = engine_error(exc, before_output=not produced)
+            record.failed(err.status_code, err.error_type)
             cause = engine_cause(exc)
             if err.status_code >= 500:
                 logger.error("request %s failed in the engine", request_id, exc_info=cause)
@@ -212,6 +222,8 @@ class EngineRuntime:
                 await merged.aclose()
             if source is not None:
                 await source.aclose()  # on cancellation too: closing vLLM's generator aborts the request
+            if self._request_log is not None:
+                self._request_log(record.fields())
         if failure is not None:
             # Raised outside the except block, so no vLLM exception rides along as __context__.
             failure.__cause__ = failure.__context__ = None
@@ -258,19 +270,25 @@ def _media_token_ids(tokenizer: Any) -> dict[str, int]:
     return ids
 
 
-def count_media_tokens(prompt_token_ids: Any, media_token_ids: dict[str, int]) -> None:
+def count_media_tokens(prompt_token_ids: Any, media_token_ids: dict[str, int]) -> dict[str, int]:
+    """Visual tokens per kind in a prompt, recorded as metrics and returned."""
     if not prompt_token_ids or not media_token_ids:
-        return
+        return {}
     ids = list(prompt_token_ids)
-    for kind, tid in media_token_ids.items():
-        metrics.count_tokens(kind, ids.count(tid))
+    counts = {kind: ids.count(tid) for kind, tid in media_token_ids.items()}
+    for kind, n in counts.items():
+        metrics.count_tokens(kind, n)
+    return counts
 
 
-def _observe_engine_queue(request: EngineRequest, media: PreparedMedia | None) -> None:
+def _observe_engine_queue(request: EngineRequest, media: PreparedMedia | None) -> float | None:
     """Ingress dispatch (or, with media, the preprocessor's finish) → this replica starts the request."""
     since = request.sent_at
     ready = getattr(media, "ready_at", None)
     if ready is not None:
         since = ready if since is None else max(since, ready)
-    if since is not None:
-        metrics.observe_stage("engine_queue", time.time() - since)
+    if since is None:
+        return None
+    waited = time.time() - since
+    metrics.observe_stage("engine_queue", waited)
+    return waited

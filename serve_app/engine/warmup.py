@@ -1,7 +1,9 @@
-"""Fill a node's engine cache for one Serve config before traffic: ``python -m serve_app.engine.warmup``.
+"""Fill a node's engine cache for one Serve config before traffic: ``python -m serve_app warmup``.
 
-    ray job submit --address http://<head>:8265 -- python -m serve_app.engine.warmup \\
+    ray job submit --address http://<head>:8265 -- python -m serve_app warmup \\
         configs/qwen2.5-vl-72b-awq-tp4.yaml [--app NAME] [--image 1920x1080] [--video 640x360x60]
+
+(``serve-app warmup`` and ``python -m serve_app.engine.warmup`` run this same module.)
 
 Starts the engine of that config exactly as an Engine replica would — the same
 :class:`~serve_app.engine.runtime.EngineRuntime` in a placement group of the same shape
@@ -143,8 +145,8 @@ def run(opts: Options) -> dict[str, Any]:
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
-    p = argparse.ArgumentParser(prog="python -m serve_app.engine.warmup", description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None, prog: str = "python -m serve_app.engine.warmup") -> Options:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="Serve config file (as in configs/); its app's engine is started")
     p.add_argument("--app", help="application name in the config (needed only if it has several)")
     p.add_argument("--image", action="append", type=lambda s: _size(s, 2), metavar="WxH",
@@ -168,9 +170,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return opts
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m serve_app.engine.warmup") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    opts = parse_args(argv)
+    opts = parse_args(argv, prog)
     try:
         summary = run(opts)
     except BatchError as exc:

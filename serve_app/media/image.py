@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import vision_math as vm
 from .errors import MediaError, MediaTooLarge
-from .resize import resize_backend, resize_rgb
+from .resize import resize_backend, resize_rgb, resizing
 
 # Magic numbers of the formats we accept as images.
 _MAGIC = (
@@ -117,10 +117,9 @@ def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
             return out
     try:
         rgb = to_rgb(img)
-        if not accelerate:
-            return rgb.resize((tw, th))  # the literal qwen-vl-utils call
-        if resize_backend((w, h), (tw, th), mode) == "pil":
-            return rgb.resize((tw, th))
+        if not accelerate or resize_backend((w, h), (tw, th), mode) == "pil":
+            with resizing():
+                return rgb.resize((tw, th))  # the literal qwen-vl-utils call
         arr = resize_rgb(np.array(rgb), (tw, th), mode)
         return arr if output == "any" else Image.fromarray(arr, "RGB")
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, struct.error, zlib.error) as e:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .resize import resize_backend, resize_rgb
+from .resize import resize_backend, resize_rgb, resizing
 
 DEFAULT_MARGIN = 1.7
 
@@ -71,8 +71,10 @@ def decode_jpeg_resized(data: bytes, header: Image.Image, size: tuple[int, int],
     if d > 1 and (w % d or h % d):
         # The last reduced row/column covers a partial block: resample exactly the source's extent
         # (w/d x h/d reduced pixels) so the output is not stretched by up to half a pixel.
-        return Image.fromarray(arr, "RGB").resize(size, Image.Resampling.BICUBIC, box=(0, 0, w / d, h / d))
+        with resizing():
+            return Image.fromarray(arr, "RGB").resize(size, Image.Resampling.BICUBIC, box=(0, 0, w / d, h / d))
     mode = "fast" if fast else "accurate"
     if resize_backend((arr.shape[1], arr.shape[0]), size, mode) == "pil":
-        return Image.fromarray(arr, "RGB").resize(size, Image.Resampling.BICUBIC)
+        with resizing():
+            return Image.fromarray(arr, "RGB").resize(size, Image.Resampling.BICUBIC)
     return resize_rgb(arr, size, mode)

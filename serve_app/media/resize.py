@@ -16,7 +16,12 @@ implements the same filter. Backends, fastest first:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -24,6 +29,58 @@ from PIL import Image
 NEAR_IDENTITY_SCALE = 0.85  # fast mode: cv2 when target/source is within [0.85, 1/0.85] in both axes...
 NEAR_IDENTITY_MIN_PIXELS = 1_000_000  # ...and this large (below, Pillow is cheap enough)
 TORCH_MIN_DOWNSCALE = 1.4  # torch when shrinking at least this much in both axes (then mean |delta| <= 0.01)
+
+
+# ------------------------------------------------------------------ resize time, apart from decode
+# Decoders call the resize as part of one decode-and-resize call on a decode thread (a video resizes
+# each sampled frame as it comes out of the decoder), so the two are told apart on that thread: every
+# resize runs under `resizing()`, which adds its time to the thread's ResizeTally while `tally()` is open.
+_thread = threading.local()
+F = TypeVar("F", bound=Callable)
+
+
+class ResizeTally:
+    __slots__ = ("seconds", "calls", "_depth")
+
+    def __init__(self) -> None:
+        self.seconds, self.calls, self._depth = 0.0, 0, 0
+
+
+@contextlib.contextmanager
+def tally() -> Iterator[ResizeTally]:
+    """Count the resizes this thread runs inside the block (nested blocks count in the inner one only)."""
+    previous = getattr(_thread, "tally", None)
+    t = _thread.tally = ResizeTally()
+    try:
+        yield t
+    finally:
+        _thread.tally = previous
+
+
+@contextlib.contextmanager
+def resizing() -> Iterator[None]:
+    t = getattr(_thread, "tally", None)
+    if t is None:
+        yield
+        return
+    t._depth += 1
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        t._depth -= 1
+        if t._depth == 0:  # one resize that calls another backend is counted once
+            t.seconds += time.perf_counter() - t0
+            t.calls += 1
+
+
+def _timed(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with resizing():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @functools.cache
@@ -66,6 +123,7 @@ def resize_backend(src: tuple[int, int], size: tuple[int, int], mode: str = "fas
     return "pil"
 
 
+@_timed
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int], mode: str = "fast") -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [h, w, 3] for size = (w, h), equal or close to Pillow's BICUBIC."""
     backend = resize_backend((rgb.shape[1], rgb.shape[0]), size, mode)
@@ -78,6 +136,7 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int], mode: str = "fast") -> np
     return np.asarray(Image.fromarray(rgb, "RGB").resize(size, Image.Resampling.BICUBIC))
 
 
+@_timed
 def resize_torch(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """torch's uint8 antialiased bicubic (vectorised; near-exact only when shrinking >= 1.4x).
 
@@ -100,6 +159,7 @@ def resize_torch(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return y[0].permute(1, 2, 0).contiguous().numpy()
 
 
+@_timed
 def resize_torchvision(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Exactly ``torchvision.transforms.functional.resize(uint8 tensor, BICUBIC, antialias=True)``,
     what qwen-vl-utils applies to video frames: float32 interpolate, clamp, round, back to uint8."""
@@ -114,6 +174,7 @@ def resize_torchvision(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return y[0].permute(1, 2, 0).contiguous().numpy()
 
 
+@_timed
 def resize_video_frame(rgb: np.ndarray, size: tuple[int, int], mode: str = "fast") -> np.ndarray:
     """Video frames: torchvision's float path (what qwen-vl-utils runs: bit-exact) in reference and
     accurate modes; in fast mode torch's uint8 path when shrinking >= 1.4x in both axes (about 7x

@@ -1,1 +1,2 @@
-"""What operators see: application metrics (``metrics``) and request ids (``request_ids``)."""
+"""What operators see: application metrics (``metrics``), request ids (``request_ids``) and the
+``/stats`` answer over every engine replica (``replica_stats``)."""

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 # Latency stages (label ``stage`` of serve_app_stage_seconds).
 STAGES = (
     "media_fetch",          # one media item's bytes: http(s), data: URI or local file
-    "media_decode",         # one item decoded and resized (qwen-vl-utils' rules) in the decode threads
+    "media_decode",         # one item decoded (and waiting for a decode thread), its resizes excluded
+    "media_resize",         # one item's resizes to qwen-vl-utils' sizes (every frame of a video, summed)
     "preprocess_queue",     # ingress dispatch → the preprocessor replica starts the request
     "preprocess",           # the preprocessor's whole prepare() of one request
     "engine_queue",         # ingress dispatch (or media ready) → the engine replica starts the request

@@ -127,3 +127,75 @@ def test_the_private_transport_option_exists_in_this_ray():
     from ray.serve.handle import DeploymentHandle
 
     assert "_by_reference" in inspect.signature(DeploymentHandle.options).parameters
+
+
+class _BroadcastHandle(FakeHandle):
+    """A handle whose broadcast answers with ``answers`` (or raises ``error``), recording the call."""
+
+    def __init__(self, name, opts=None, answers=(), error=None, log=None):
+        super().__init__(name, opts)
+        self.answers, self.error, self.log = list(answers), error, log if log is not None else []
+
+    def options(self, **kw):
+        return _BroadcastHandle(self.name, {**self.opts, **kw}, self.answers, self.error, self.log)
+
+    def broadcast(self, method, *args, **kwargs):
+        handle = self
+
+        class Response:
+            async def results_async(self, *, timeout_s=None, return_exceptions=False):
+                handle.log.append((method, timeout_s, return_exceptions))
+                if handle.error is not None:
+                    raise handle.error
+                return list(handle.answers)
+
+        return Response()
+
+
+def _stats(answers=(), error=None):
+    import asyncio
+    import json
+
+    log = []
+    cls = _user_class()
+    obj = object.__new__(cls)
+    cls.__init__(obj, FakeHandle("pre"), _BroadcastHandle("engine", answers=answers, error=error, log=log),
+                 parse_app_config({"model": {"path": "/m"}}))
+
+    class Raw:
+        headers: dict = {}
+
+    resp = asyncio.run(cls.stats(obj, Raw()))
+    if isinstance(resp, dict):
+        return 200, resp, log
+    return resp.status_code, json.loads(resp.body), log
+
+
+def test_stats_asks_every_engine_replica_and_adds_them_up():
+    status, body, log = _stats([{"replica_id": "b", "node_id": "n2", "unfinished_requests": 2},
+                                {"replica_id": "a", "node_id": "n1", "unfinished_requests": 1},
+                                RuntimeError("replica gone")])
+    assert status == 200 and log == [("stats", log[0][1], True)] and log[0][1] > 0
+    engine = body["engine"]
+    assert engine["unfinished_requests"] == 3 and engine["num_replicas"] == 2 and engine["unreachable_replicas"] == 1
+    assert [r["replica_id"] for r in engine["replicas"]] == ["a", "b"]
+
+
+def test_stats_without_engine_replicas_or_answers_is_an_openai_error():
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    status, body, _ = _stats(error=TimeoutError())
+    assert status == 504 and body["error"]["type"] == "timeout_error"
+    status, body, _ = _stats(error=DeploymentUnavailableError(None))
+    assert status == 503 and "no engine replica" in body["error"]["message"]
+
+
+def test_serves_broadcast_exists_in_this_ray():
+    """/stats fans out with ``DeploymentHandle.broadcast`` (Ray 2.60, alpha): fail here if an upgrade drops it."""
+    import inspect
+
+    from ray.serve.handle import DeploymentBroadcastResponse, DeploymentHandle
+
+    assert "method_name" in inspect.signature(DeploymentHandle.broadcast).parameters
+    params = inspect.signature(DeploymentBroadcastResponse.results_async).parameters
+    assert {"timeout_s", "return_exceptions"} <= set(params)

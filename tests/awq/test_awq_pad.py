@@ -177,6 +177,48 @@ def test_progress_reported(padded):
     assert any(m.startswith("[1/3]") for m in msgs) and any(m.startswith("[3/3]") for m in msgs)
 
 
+def test_progress_bar_only_when_interactive_or_large():
+    from serve_app.awq.pad import LARGE_CHECKPOINT_BYTES, want_progress_bar
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    class Log:
+        def isatty(self):
+            return False
+
+    assert want_progress_bar(1 << 20, Tty())
+    assert not want_progress_bar(1 << 20, Log())
+    assert want_progress_bar(LARGE_CHECKPOINT_BYTES, Log())
+    assert not want_progress_bar(1 << 20, object())  # no isatty: treated as a log
+
+
+def test_progress_bar_names_shards_and_tensors_and_counts_every_byte(tmp_path, capsys):
+    ck = build_checkpoint(tmp_path / "src", layout="qwen2", hidden=256, intermediate=I, group=G, layers=2, shards=2)
+    msgs = []
+    pad_checkpoint(ck.path, tmp_path / "dst", [2], progress=msgs.append, progress_bar=True)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    # Not a terminal: whole lines (no carriage-return redraws); the last one is at 100%, which the
+    # bar reaches only when it counted exactly the tensor bytes it announced.
+    assert "\r" not in err
+    assert "100%|" in lines[-1] and "[2/2] model-00002-of-00002.safetensors" in lines[-1], err
+    assert "model.norm.weight" in lines[-1]  # the tensor being written
+    assert any(m.startswith("[1/2]") for m in msgs)  # the per-shard lines still go to `progress`
+
+
+def test_cli_pad_is_quiet_under_tests_and_can_force_the_bar(tmp_path, capsys):
+    ck = build_checkpoint(tmp_path / "src", layout="qwen2", hidden=256, intermediate=I, group=G, layers=1)
+    assert cli(["pad", str(ck.path), str(tmp_path / "d1"), "--tp", "2"]) == 0
+    assert "%|" not in capsys.readouterr().err  # small and not a terminal: lines only
+    assert cli(["pad", str(ck.path), str(tmp_path / "d2"), "--tp", "2", "--progress-bar", "on"]) == 0
+    err = capsys.readouterr().err
+    assert "[3/3] model-00003-of-00003.safetensors: 100%|" in err
+    assert cli(["pad", str(ck.path), str(tmp_path / "d3"), "--tp", "2", "--progress-bar", "on", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 # --- variants -----------------------------------------------------------------------------------
 
 

@@ -101,11 +101,40 @@ def test_loader_records_fetch_decode_bytes_and_errors(sink):
     asyncio.run(loader.load([MediaSpec(kind="image", source=uri, options={}, where="m[0]")]))
     assert sink.count(metrics.STAGE_SECONDS, stage="media_fetch") == 1
     assert sink.count(metrics.STAGE_SECONDS, stage="media_decode") == 1
+    assert sink.count(metrics.STAGE_SECONDS, stage="media_resize") == 1  # 64x48 -> 56x56
     assert sink.total(metrics.MEDIA_BYTES, source="data") > 100
     with pytest.raises(MediaError):
         asyncio.run(loader.load([MediaSpec(kind="image", source="data:image/png;base64,AAAA", options={},
                                            where="m[1]")]))
     assert sink.count(metrics.MEDIA_ERRORS) == 1
+
+
+def test_resize_time_is_tallied_per_thread_and_counted_once_when_nested():
+    import numpy as np
+
+    from serve_app.media import resize
+
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    resize.resize_rgb(rgb, (320, 240))  # outside a tally: nothing to count into, nothing breaks
+    with resize.tally() as outer:
+        resize.resize_rgb(rgb, (320, 240))
+        with resize.tally() as inner:
+            resize.resize_video_frame(rgb, (224, 168))  # -> resize_torch inside: one resize, not two
+        resize.resize_torchvision(rgb, (224, 168))
+    assert (outer.calls, inner.calls) == (2, 1)
+    assert outer.seconds > 0 and inner.seconds > 0
+
+
+def test_loader_times_a_videos_frame_resizes_as_one_resize_stage(sink):
+    from serve_app.dev import synth_media
+
+    loader = MediaLoader(MediaConfig())
+    uri = "data:video/mp4;base64," + base64.b64encode(synth_media.video(160, 120, 8)).decode()
+    (video,) = asyncio.run(loader.load([MediaSpec(kind="video", source=uri, options={"nframes": 4}, where="m[0]")]))
+    assert video.frames.shape[0] == 4
+    decode = [v for _, n, v, t in sink.records if n == metrics.STAGE_SECONDS and t["stage"] == "media_decode"]
+    resize = [v for _, n, v, t in sink.records if n == metrics.STAGE_SECONDS and t["stage"] == "media_resize"]
+    assert len(decode) == 1 and len(resize) == 1 and resize[0] > 0 and decode[0] >= 0
 
 
 def test_engine_request_carries_send_time():

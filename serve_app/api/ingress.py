@@ -252,17 +252,23 @@ class Ingress:
         # X-Request-Id: Serve's proxy sends back the id it read (or made), which is request_id.
         return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def _context(self) -> int | None:
-        """max_model_len: the config's, else (once per replica) the engine's."""
+    async def _engine_context(self) -> int:
+        """The engine's max_model_len (asked once per replica; /v1/models answers only once the engine does)."""
         if self._max_model_len is None:
-            self._max_model_len = configured_context(self._config)
-        if self._max_model_len is None:
-            try:
-                info = await self._engine.model_info.remote()
-                self._max_model_len = info["max_model_len"]
-            except Exception as exc:  # noqa: BLE001 - without it only the media budget waits for the engine's check
-                logger.warning("engine model_info failed (%s); media token budgets wait for it", type(exc).__name__)
+            info = await self._engine.model_info.remote()
+            self._max_model_len = info["max_model_len"]
         return self._max_model_len
+
+    async def _context(self) -> int | None:
+        """max_model_len for the request checks: the config's, else the engine's."""
+        configured = configured_context(self._config)
+        if configured is not None:
+            return configured
+        try:
+            return await self._engine_context()
+        except Exception as exc:  # noqa: BLE001 - without it only the media budget waits for the engine's check
+            logger.warning("engine model_info failed (%s); media token budgets wait for it", type(exc).__name__)
+            return None
 
     def _classify_and_log(self, exc: BaseException, request_id: str) -> ServeAppError:
         err = to_serve_error(exc)
@@ -282,7 +288,7 @@ class Ingress:
             self._keys.check(raw.headers.get("authorization"))
         except ServeAppError as exc:
             return _refused(exc, "models")
-        max_model_len = await self._context()
+        max_model_len = await self._engine_context()
         return {
             "object": "list",
             "data": [{"id": self._model, "object": "model", "created": self._created, "owned_by": "serve_app",

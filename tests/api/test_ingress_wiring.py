@@ -157,3 +157,4 @@ def test_the_context_comes_from_the_config_else_once_from_the_engine():
     cls.__init__(obj, FakeHandle("pre"), Engine("engine"),
                  parse_app_config({"model": {"path": "/m"}, "engine": {"engine_kwargs": {"max_model_len": 4096}}}))
     assert asyncio.run(obj._context()) == 4096 and asked == [1]
+    assert asyncio.run(obj._engine_context()) == 8192 and asked == [1, 1]  # /v1/models: the engine's, as before

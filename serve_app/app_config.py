@@ -182,6 +182,23 @@ class ServingSection(_Strict):
     max_json_schema_bytes: int = Field(
         32768, ge=64, description="Largest response_format json_schema (compact JSON bytes): vLLM compiles the "
         "grammar before the first token (a 100k-string enum took 93 s), so bigger schemas are refused with a 400.")
+    # The work of compiling a grammar does not follow its size: a short pattern or a chain of nested
+    # objects well under max_json_schema_bytes costs more than a large flat schema (bench/README.md).
+    max_json_schema_depth: int = Field(
+        64, ge=2, le=1000, description="Deepest nesting of JSON objects and arrays in a response_format "
+        "json_schema (a property's schema inside 'properties' is two levels down); deeper is a 400.")
+    max_json_schema_nodes: int = Field(
+        1024, ge=1, description="Most JSON objects and arrays in a response_format json_schema (its "
+        "subschemas and their lists); more is a 400.")
+    max_json_schema_enum_values: int = Field(
+        1000, ge=1, description="Most 'enum' and 'const' values in a response_format json_schema, all together.")
+    max_json_schema_string_work: int = Field(
+        1024, ge=1, description="String constraints of a response_format json_schema, all together, weighed by the "
+        "grammar states they need: a character bounded by maxLength/minLength counts 16; a 'pattern' (and "
+        "'patternProperties') atom 16 when it matches a wide set ('.', \\w, \\S, \\p{..}, a negated class, a "
+        "class of more than 16 characters) and 1 otherwise, counted repetitions written out (nested ones "
+        "multiply; '*', '+', '?' count once); a 'format' 32. With a full-size vocabulary, compile time grows "
+        "with these faster than linearly (maxLength 64 is 1024).")
 
 
 class AppConfig(_Strict):

@@ -42,3 +42,13 @@ def test_production_example_is_tp4_awq_strict_pack():
     assert cfg.engine.engine_kwargs["quantization"] == "awq_marlin"
     p = engine_placement(cfg.engine)
     assert p.strategy == "STRICT_PACK" and [b["GPU"] for b in p.bundles] == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_the_preprocessor_queue_is_bounded(path):
+    """Media requests past the Preprocessor's queue are 503s with Retry-After at once; unbounded,
+    slow sources would let every later media request wait behind them."""
+    raw = yaml.safe_load(path.read_text())
+    for app in ServeDeploySchema.model_validate(raw).applications:
+        pre = next(d for d in app.deployments if d.name == "Preprocessor")
+        assert "max_queued_requests" in pre.model_fields_set and pre.max_queued_requests > 0, path.name

@@ -4,10 +4,14 @@ API keys, and the server unharmed afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
+import struct
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -26,7 +30,9 @@ def served_keys(tmp_path_factory, tiny_model_dir):
     port = free_port()
     logs = ROOT / "build" / "test-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    config = write_local_config(work / "serve.yaml", port, {"serving": {"api_keys_env": "SERVE_APP_E2E_KEYS"}})
+    # Loopback is allow-listed only for the slow-source test's own server.
+    config = write_local_config(work / "serve.yaml", port, {"serving": {"api_keys_env": "SERVE_APP_E2E_KEYS"},
+                                                            "media": {"allow_hosts": ["127.0.0.1/32"]}})
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local", **throughput_env(),
                SERVE_APP_E2E_KEYS=f"other-key, {KEY}")
     proc = ServeProcess(config, logs / f"serve-keys-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env)
@@ -57,6 +63,8 @@ def _client(served, key=KEY):
     ({"n": 2, "temperature": 0}, "greedy sampling"),
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "e", "schema": {"enum": [f"v{i}" for i in range(20_000)]}}}}, "at most 32768"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "e", "schema": {"type": "string", "pattern": "a{10000}"}}}}, "weigh 10000 grammar states"),
 ])
 def test_values_vllm_refuses_are_400s_and_leave_nothing_in_the_engine(served_keys, extra, needle):
     import openai
@@ -99,3 +107,112 @@ def test_api_keys(served_keys):
 
 def test_keys_never_reach_the_log(served_keys):
     assert KEY not in served_keys.log_path.read_text(errors="replace")
+
+
+def _webp_declaring(w: int, h: int) -> str:
+    """A tiny WebP whose header declares w x h (its pixels are a 64 x 48 image's)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(buf, format="WEBP", lossless=False)
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"VP8 "
+    data[26:30] = struct.pack("<HH", w & 0x3FFF, h & 0x3FFF)
+    return "data:image/webp;base64," + base64.b64encode(bytes(data)).decode()
+
+
+def test_declared_sizes_over_the_context_are_400s_before_any_decode(served_keys):
+    """Four WebPs declaring 99.99 MP each (under max_image_pixels, within limit_mm_per_prompt): 4 x 1218
+    tokens at local.yaml's pixel cap, more than its 4096-token context."""
+    import openai
+
+    parts = [{"type": "image_url", "image_url": {"url": _webp_declaring(16383, 6103)}} for _ in range(4)]
+    t0 = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as ei:
+        _client(served_keys).chat.completions.create(model=MODEL, max_tokens=2,
+                                                     messages=[{"role": "user", "content": parts}])
+    took = time.monotonic() - t0
+    print(f"\n4 WebPs declaring 99.99 MP: 400 in {took:.2f} s: {ei.value.body['message'][:160]}")
+    assert "content[3]: the request's images and videos up to this one would take 4872 tokens" in ei.value.body["message"]
+    assert took < 30  # sanity only: decoding them took minutes and GBs
+
+
+class _Trickle:
+    """A loopback HTTP server whose every response is an image sent one byte every ``every_s``."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.stop = threading.Event()
+        self.started = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                owner.started += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                try:
+                    while not owner.stop.is_set():
+                        self.wfile.write(b"\x89")
+                        self.wfile.flush()
+                        owner.stop.wait(every_s)
+                except OSError:  # the fetcher gave up: what this test wants
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, client_address: None
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/slow-{i}.png"
+
+    def close(self):
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_slow_sources_fail_fast_and_do_not_starve_a_data_uri_behind_them(served_keys):
+    """24 requests whose image URL trickles one byte every 5 s fill the Preprocessor (16 ongoing in
+    local.yaml); a tiny data-URI image sent behind them still gets its answer."""
+    n_slow = 24
+    trickle = _Trickle()
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def body(url):
+        return {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"}]}]}
+
+    async def run():
+        async with httpx.AsyncClient(base_url=served_keys.base_url, headers=headers, timeout=300) as http:
+            async def timed(url):
+                t0 = time.monotonic()
+                r = await http.post("/v1/chat/completions", json=body(url))
+                return r, time.monotonic() - t0
+
+            slow = [asyncio.ensure_future(timed(trickle.url(i))) for i in range(n_slow)]
+            while trickle.started < 8:  # the slow fetches are under way
+                await asyncio.sleep(0.1)
+            tiny = await timed(_png())
+            return tiny, await asyncio.gather(*slow)
+
+    try:
+        (tiny, tiny_s), slow = asyncio.run(run())
+    finally:
+        trickle.close()
+    statuses = sorted({r.status_code for r, _ in slow})
+    worst = max(s for _, s in slow)
+    print(f"\n{n_slow} trickling sources: statuses {statuses}, slowest answered in {worst:.1f} s; "
+          f"data-URI image behind them: {tiny.status_code} in {tiny_s:.1f} s")
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["usage"]["completion_tokens"] == 2
+    refused = [r for r, _ in slow if r.status_code == 400]
+    assert refused and all("too slow" in r.json()["error"]["message"] for r in refused), refused[0].text
+    assert set(statuses) <= {400, 503}
+    assert tiny_s < 120 and worst < 120  # sanity only: before the rate budget each source held a slot 60 s

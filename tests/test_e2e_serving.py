@@ -64,8 +64,8 @@ def expected_prompt_tokens(tokenizer, content_kinds: list[str], text: str, grids
     return base + sum(g - 1 for g in grids)
 
 
-def image_tokens(h: int, w: int) -> int:
-    return (h // 28) * (w // 28)
+image_tokens = vm.image_tokens  # the preprocessor's token budget counts with these: checked against the engine
+video_tokens = vm.video_tokens
 
 
 # ----------------------------------------------------------------------------- text
@@ -205,10 +205,6 @@ def _write_video(path, frames: int, fps: int, w: int, h: int) -> None:
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
-
-
-def video_tokens(frames: int, h: int, w: int) -> int:
-    return (frames // 2) * (h // 28) * (w // 28)  # temporal patch 2, 2x2 spatial merge of 14px patches
 
 
 def test_video_file_and_frame_list(client, tokenizer, media_root):

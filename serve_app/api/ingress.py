@@ -38,7 +38,7 @@ from serve_app.api.protocol import (
     ModelList,
 )
 from serve_app.api.auth import ApiKeys, load_keys
-from serve_app.api.request_checks import check_request
+from serve_app.api.request_checks import check_request, configured_context
 from serve_app.api.responses import ChunkStream, CompletionAccumulator
 from serve_app.observability import replica_stats, request_ids
 from serve_app.observability.request_metrics import RequestObserver
@@ -172,7 +172,7 @@ class Ingress:
         try:
             self._keys.check(raw.headers.get("authorization"))
             req, body_bytes = await self._request(raw)
-            checked = check_request(req, self._config)
+            checked = check_request(req, self._config, await self._context())
         except ServeAppError as exc:
             return _refused(exc, f"chat completion {request_id}")
 
@@ -181,7 +181,7 @@ class Ingress:
         if checked.plan.media:
             # DeploymentResponse: resolved in the engine replica
             media: Any = self._pre.prepare.remote(checked.plan.media, request_id=request_id,
-                                                  sent_at=engine_request.sent_at)
+                                                  sent_at=engine_request.sent_at, token_budget=checked.token_budget)
             engine = self._engine_stream
         else:
             media = None
@@ -256,6 +256,24 @@ class Ingress:
         # X-Request-Id: Serve's proxy sends back the id it read (or made), which is request_id.
         return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    async def _engine_context(self) -> int:
+        """The engine's max_model_len (asked once per replica; /v1/models answers only once the engine does)."""
+        if self._max_model_len is None:
+            info = await self._engine.model_info.remote()
+            self._max_model_len = info["max_model_len"]
+        return self._max_model_len
+
+    async def _context(self) -> int | None:
+        """max_model_len for the request checks: the config's, else the engine's."""
+        configured = configured_context(self._config)
+        if configured is not None:
+            return configured
+        try:
+            return await self._engine_context()
+        except Exception as exc:  # noqa: BLE001 - without it only the media budget waits for the engine's check
+            logger.warning("engine model_info failed (%s); media token budgets wait for it", type(exc).__name__)
+            return None
+
     def _classify_and_log(self, exc: BaseException, request_id: str) -> ServeAppError:
         err = to_serve_error(exc)
         if err.status_code >= 500 and err.status_code not in (503, 504):
@@ -274,13 +292,11 @@ class Ingress:
             self._keys.check(raw.headers.get("authorization"))
         except ServeAppError as exc:
             return _refused(exc, "models")
-        if self._max_model_len is None:
-            info = await self._engine.model_info.remote()
-            self._max_model_len = info["max_model_len"]
+        max_model_len = await self._engine_context()
         return {
             "object": "list",
             "data": [{"id": self._model, "object": "model", "created": self._created, "owned_by": "serve_app",
-                      "max_model_len": self._max_model_len}],
+                      "max_model_len": max_model_len}],
         }
 
     @app.get("/stats")

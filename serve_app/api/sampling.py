@@ -6,9 +6,9 @@ Only what the client set is passed; the engine fills the rest from the model's
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from serve_app.api.budgets import check_json_schema
 from serve_app.app_config import ServingSection
 from serve_app.errors import InvalidRequestError
 from serve_app.api.protocol import ChatCompletionRequest
@@ -68,10 +68,6 @@ def sampling_kwargs(req: ChatCompletionRequest, serving: ServingSection,
                 raise InvalidRequestError(
                     "response_format.json_schema.schema is empty", param="response_format.json_schema.schema"
                 )
-            size = len(json.dumps(schema, separators=(",", ":")))
-            if size > serving.max_json_schema_bytes:
-                raise InvalidRequestError(
-                    f"response_format.json_schema.schema is {size} bytes; this server accepts at most "
-                    f"{serving.max_json_schema_bytes}", param="response_format.json_schema.schema")
+            check_json_schema(schema, serving)
             out["structured_outputs"] = {"json": schema}
     return out

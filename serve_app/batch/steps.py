@@ -81,7 +81,8 @@ class BatchPreprocessor:
         try:
             v = validate_body(item.body, self._config)
             # As online: a text-only request skips media work; the engine renders every prompt.
-            media = await self._preparer.prepare(v.plan.media) if v.plan.media else None
+            media = (await self._preparer.prepare(v.plan.media, token_budget=v.token_budget)
+                     if v.plan.media else None)
         except Exception as exc:  # noqa: BLE001 - every failure of one request is that request's record
             return error_record(item.custom_id, request_id, to_serve_error(exc))
         return PreparedItem(item.custom_id, v.engine_request(request_id), media)

@@ -75,32 +75,11 @@ INIT_STD = 0.02
 # ---------------------------------------------------------------------------------------------
 BASE_VOCAB_SIZE = 1024  # byte-level BPE vocabulary before the added tokens (151643 in Qwen)
 
-# The added tokens of Qwen2.5-VL in their released order, with their `special` flag. They follow
-# the BPE vocabulary directly, as in the real tokenizer (151643..151664 there, 1024..1045 here).
-ADDED_TOKENS: list[tuple[str, bool]] = [
-    ("<|endoftext|>", True),
-    ("<|im_start|>", True),
-    ("<|im_end|>", True),
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),
-    ("<tool_call>", False),
-    ("</tool_call>", False),
-    ("<|fim_prefix|>", False),
-    ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False),
-    ("<|repo_name|>", False),
-    ("<|file_sep|>", False),
-]
+# Qwen2.5-VL's added tokens (in their released order, ids following the BPE vocabulary as in the real
+# tokenizer: 151643..151664 there, 1024..1045 here) and Qwen2's pre-tokenization regex: the constants
+# the ingress's tokenizer-free text count uses, so the tiny tokenizer is built from the same ones.
+from serve_app.api.prompt_tokens import ADDED_TOKENS, PRETOKENIZE_REGEX  # noqa: E402
+
 TOKEN_IDS: dict[str, int] = {tok: BASE_VOCAB_SIZE + i for i, (tok, _) in enumerate(ADDED_TOKENS)}
 ENDOFTEXT_ID = TOKEN_IDS["<|endoftext|>"]
 IM_START_ID = TOKEN_IDS["<|im_start|>"]
@@ -111,12 +90,6 @@ IMAGE_TOKEN_ID = TOKEN_IDS["<|image_pad|>"]
 VIDEO_TOKEN_ID = TOKEN_IDS["<|video_pad|>"]
 # Embedding rows, padded past the tokenizer like the real 152064 > 151665 (multiple of 128).
 VOCAB_SIZE = -(-(BASE_VOCAB_SIZE + len(ADDED_TOKENS)) // 128) * 128
-
-# Qwen2's pre-tokenization regex (transformers' models/qwen2/tokenization_qwen2.py).
-PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
-    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 
 # The official Qwen2.5-VL chat template (chat_template.json of the Qwen/Qwen2.5-VL-*-Instruct
 # repositories), verbatim.
@@ -522,8 +495,12 @@ def build(out_dir: str | os.PathLike[str]) -> pathlib.Path:
 
 
 def cache_key() -> str:
-    """Directory name for this generator: version plus a hash of this module's source."""
-    digest = hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()[:12]
+    """Directory name for this generator: version plus a hash of this module's source and of the
+    tokenizer constants it imports."""
+    from serve_app.api import prompt_tokens
+
+    sources = pathlib.Path(__file__).read_bytes() + pathlib.Path(prompt_tokens.__file__).read_bytes()
+    digest = hashlib.sha256(sources).hexdigest()[:12]
     return f"tiny-qwen2.5-vl-{GENERATOR_VERSION}-{digest}"
 
 

@@ -35,6 +35,14 @@ class MediaConfig(BaseModel):
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(10.0, gt=0, description="Max wait for each chunk of the response.")
     fetch_timeout_s: float = Field(60.0, gt=0, description="Max time for one whole download incl. redirects.")
+    fetch_min_bytes_per_s: float = Field(65536.0, ge=0,
+        description="Per-source time budget: after fetch_rate_grace_s, a download's body must keep up this "
+                    "average rate (N bytes may take fetch_rate_grace_s + N / rate seconds, at most "
+                    "fetch_timeout_s); a source trickling bytes fails then with a 400 instead of holding a "
+                    "preprocessor slot until fetch_timeout_s. 0: no rate budget.")
+    fetch_rate_grace_s: float = Field(5.0, gt=0,
+        description="Seconds a download gets for connecting, the response headers and its first bytes "
+                    "before fetch_min_bytes_per_s applies.")
     max_redirects: int = Field(3, ge=0, le=20)
     max_connections: int = Field(64, ge=1)
     user_agent: str = "serve-app-media/1.0"

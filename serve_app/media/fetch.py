@@ -1,7 +1,8 @@
 """Getting the bytes of a media source: http(s) URLs, data: URIs and local files, each capped.
 
-* http(s): httpx with connect/read timeouts and an overall deadline, the body streamed and cut
-  off at the byte cap, redirects followed by hand (each hop's URL re-checked), no proxies from the
+* http(s): httpx with connect/read timeouts, an overall deadline and a minimum transfer rate (after
+  a grace period; so a source that trickles bytes fails in seconds, not at the overall deadline),
+  the body streamed and cut off at the byte cap, redirects followed by hand (each hop's URL re-checked), no proxies from the
   environment. Every TCP connection goes through ``GuardedBackend``: the host is resolved once,
   every address is checked by ``HostPolicy`` and the socket is opened to that checked IP, while
   the URL (hence the Host header and TLS SNI/certificate check) keeps the hostname.
@@ -62,8 +63,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         try:
-            ips = await asyncio.wait_for(resolve_checked(host, port, self.policy, self.resolver), timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for here left the task unable to be
+            # cancelled by the caller's deadline later in the same request (the first on a connection).
+            async with asyncio.timeout(timeout):
+                ips = await resolve_checked(host, port, self.policy, self.resolver)
+        except TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
         last: Exception | None = None
         for ip in ips:
@@ -95,6 +99,23 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
 
 
 _REDIRECTS = {301, 302, 303, 307, 308}
+
+
+@dataclass
+class Pace:
+    """A download's time budget: ``grace_s`` for connecting, headers and the first bytes, then
+    ``1 / min_rate`` seconds per byte received, so N bytes may take ``grace_s + N / min_rate``. One
+    source trickling bytes then holds a preprocessor slot for seconds, not for the overall deadline."""
+
+    start: float
+    grace_s: float
+    min_rate: float  # bytes/s; 0: no rate budget
+    received: int = 0
+
+    def deadline(self) -> float | None:
+        if self.min_rate <= 0:
+            return None
+        return self.start + self.grace_s + self.received / self.min_rate
 
 
 class Fetcher:
@@ -160,14 +181,27 @@ class Fetcher:
         return u
 
     async def fetch_http(self, url: str, *, max_bytes: int) -> Fetched:
+        c = self.config
+        client = self._get_client()  # our own setup (TLS context: seconds on a loaded box) is not the source's time
+        pace = Pace(asyncio.get_running_loop().time(), c.fetch_rate_grace_s, c.fetch_min_bytes_per_s)
         try:
-            async with asyncio.timeout(self.config.fetch_timeout_s):
-                return await self._fetch_http(url, max_bytes)
-        except TimeoutError:
-            raise MediaError(f"fetching {short(url)} took longer than {self.config.fetch_timeout_s:g}s") from None
+            async with asyncio.timeout(c.fetch_timeout_s) as whole, asyncio.timeout_at(pace.deadline()) as slow:
+                def on_bytes(n: int) -> None:
+                    pace.received += n
+                    if not slow.expired():  # a chunk can still be handed over after the deadline passed
+                        slow.reschedule(pace.deadline())
 
-    async def _fetch_http(self, url: str, max_bytes: int) -> Fetched:
-        client = self._get_client()
+                return await self._fetch_http(client, url, max_bytes, on_bytes)
+        except TimeoutError:
+            if whole.expired():
+                raise MediaError(f"fetching {short(url)} took longer than {c.fetch_timeout_s:g}s") from None
+            elapsed = asyncio.get_running_loop().time() - pace.start
+            raise MediaError(
+                f"fetching {short(url)} timed out: the source is too slow ({pace.received} bytes in "
+                f"{elapsed:.1f}s; this server needs {c.fetch_min_bytes_per_s:g} bytes/s after the first "
+                f"{c.fetch_rate_grace_s:g}s, media.fetch_min_bytes_per_s)") from None
+
+    async def _fetch_http(self, client: httpx.AsyncClient, url: str, max_bytes: int, on_bytes) -> Fetched:
         u = self._check_url(url)
         for _hop in range(self.config.max_redirects + 1):
             try:
@@ -188,6 +222,7 @@ class Fetcher:
                     buf = bytearray()
                     async for chunk in resp.aiter_raw():
                         buf += chunk
+                        on_bytes(len(chunk))
                         if len(buf) > max_bytes:
                             raise MediaTooLarge(f"{short(str(u))} is larger than the limit of {max_bytes} bytes")
                     if resp.headers.get("content-encoding", "identity").lower() not in ("identity", ""):

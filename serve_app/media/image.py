@@ -83,6 +83,23 @@ def open_image(data: bytes, *, max_pixels: int, content_type: str | None = None)
     return img
 
 
+def _open_sized(data: bytes, options: Mapping[str, Any], *, max_pixels: int, min_target_pixels: int,
+                max_target_pixels: int, content_type: str | None, factor: int) -> tuple[Image.Image, tuple[int, int]]:
+    img = open_image(data, max_pixels=max_pixels, content_type=content_type)
+    w, h = img.size
+    return img, vm.image_target_size(h, w, options, min_pixels=min_target_pixels, max_pixels=max_target_pixels,
+                                     factor=factor)
+
+
+def image_target(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
+                 min_target_pixels: int = vm.MIN_PIXELS, max_target_pixels: int = vm.MAX_PIXELS,
+                 content_type: str | None = None, factor: int = vm.IMAGE_FACTOR) -> tuple[int, int]:
+    """(height, width) :func:`decode_image` will produce, from the header alone (the source size
+    checked against ``max_pixels`` as there); no pixel is decoded."""
+    return _open_sized(data, options, max_pixels=max_pixels, min_target_pixels=min_target_pixels,
+                       max_target_pixels=max_target_pixels, content_type=content_type, factor=factor)[1]
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """qwen-vl-utils ``to_rgb``: RGBA composited on white, everything else ``convert("RGB")``."""
     if img.mode == "RGBA":
@@ -104,10 +121,9 @@ def decode_image(data: bytes, options: Mapping[str, Any], *, max_pixels: int,
     [H, W, 3] array instead of a PIL image (whichever the decoder produced; no conversion).
     """
     accelerate, fast = mode != "reference", mode == "fast"
-    img = open_image(data, max_pixels=max_pixels, content_type=content_type)
+    img, (th, tw) = _open_sized(data, options, max_pixels=max_pixels, min_target_pixels=min_target_pixels,
+                                max_target_pixels=max_target_pixels, content_type=content_type, factor=factor)
     w, h = img.size
-    th, tw = vm.image_target_size(h, w, options, min_pixels=min_target_pixels,
-                                  max_pixels=max_target_pixels, factor=factor)
     if img.format == "JPEG" and accelerate:
         from .image_fast import decode_jpeg_resized
         out = decode_jpeg_resized(data, img, (tw, th), fast=fast, margin=margin)

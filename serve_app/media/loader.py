@@ -1,8 +1,10 @@
 """Turning a request's media content parts into model-ready images and videos.
 
-``MediaLoader.load`` fetches all items of a request concurrently, decodes them in a thread pool
-(off the event loop), caches results by content (and URLs by source, for ``cache_url_ttl_s``) and
-raises ``MediaError("<where>: <reason>")`` for the first item that cannot be used.
+``MediaLoader.load`` fetches all items of a request concurrently and reads their headers (container
+index for videos), checks the request's token budget against what they will become, then decodes
+them in a thread pool (off the event loop); it caches results by content (and URLs by source, for
+``cache_url_ttl_s``) and raises ``MediaError("<where>: <reason>")`` for the first item that cannot
+be used.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +30,13 @@ from .cache import ByteLRU
 from .config import MediaConfig
 from .errors import MediaError
 from .fetch import Fetched, Fetcher, source_kind
-from .image import decode_image
+from .image import decode_image, image_target
 from .netguard import Resolver
 from .resize import ResizeTally, resize_video_frame, tally
 from .spec import IMAGE_OPTIONS, VIDEO_OPTIONS, MediaSpec, check_item_count, validate_spec  # noqa: F401 - re-exported
+from .token_budget import TokenBudget, check_tokens
 from .tuning import set_library_threads, tune_malloc
-from .video import VideoDefaults, VideoLimits, decode_video
+from .video import VideoDefaults, VideoLimits, decode_planned, plan_video
 
 log = logging.getLogger(__name__)
 
@@ -159,18 +162,33 @@ class MediaLoader:
         validate_spec(spec, self.config)
 
     # ------------------------------------------------------------------ loading
-    async def load(self, specs: Sequence[MediaSpec]) -> list[LoadedImage | LoadedVideo]:
+    async def load(self, specs: Sequence[MediaSpec], token_budget: TokenBudget | None = None,
+                   ) -> list[LoadedImage | LoadedVideo]:
+        """Every item fetched and its header (or container index) read, then ``token_budget``
+        checked against what the items will become, and only then any item decoded."""
         specs = list(specs)
         check_item_count(specs, self.config.max_items_per_request)
         for s in specs:
             self.validate_options(s)
         if not specs:
             return []
+        plans = await self._each(specs, self._plan)
+        if token_budget is not None:
+            try:
+                check_tokens(specs, [p.tokens for p in plans], token_budget, exact=True)
+            except MediaError as e:
+                metrics.count_media_error(metrics.media_error_reason(e))
+                raise
+        return await self._each(specs, lambda spec, i: plans[i].finish())
+
+    async def _each(self, specs: list[MediaSpec], step) -> list:
+        """``step(spec, i)`` for every item at once; the first failure (in request order) is raised
+        and the other items' work cancelled."""
         if len(specs) == 1:
-            return [await self._load_one(specs[0])]
-        tasks = [asyncio.ensure_future(self._load_one(s)) for s in specs]
+            return [await self._guarded(specs[0], step(specs[0], 0))]
+        tasks = [asyncio.ensure_future(self._guarded(s, step(s, i))) for i, s in enumerate(specs)]
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in tasks:  # report the first failing item in request order
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     raise t.exception()
@@ -180,13 +198,9 @@ class MediaLoader:
                 if not t.done():
                     t.cancel()
 
-    async def _load_one(self, spec: MediaSpec) -> LoadedImage | LoadedVideo:
+    async def _guarded(self, spec: MediaSpec, work: Awaitable[Any]) -> Any:
         try:
-            if spec.kind == "image":
-                return await self._load_image(spec)
-            if isinstance(spec.source, str):
-                return await self._load_video(spec)
-            return await self._load_frame_list(spec)
+            return await work
         except MediaError as e:
             metrics.count_media_error(metrics.media_error_reason(e))
             raise e.with_where(spec.where) from None
@@ -201,6 +215,13 @@ class MediaLoader:
             log.warning("unexpected error loading %s: %s", spec.where, type(e).__name__)
             raise MediaError(f"{spec.where}: cannot load {spec.kind}: the data is damaged or not a supported "
                              f"{spec.kind} format") from None
+
+    async def _plan(self, spec: MediaSpec, _i: int = 0) -> "_Planned":
+        if spec.kind == "image":
+            return await self._plan_image(spec)
+        if isinstance(spec.source, str):
+            return await self._plan_video(spec)
+        return await self._plan_frame_list(spec)
 
     def _effective(self, spec: MediaSpec) -> dict[str, Any]:
         """Options incl. the config defaults that shape the output (for cache keys and uuids)."""
@@ -255,29 +276,49 @@ class MediaLoader:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    async def _cached(self, spec: MediaSpec, source: str, compute_from_bytes, max_bytes: int):
-        """Source-key cache (URLs/files, with TTL) -> fetch -> content-key cache -> compute."""
+    def _ready(self, result: LoadedImage | LoadedVideo, src_key: str | None = None,
+               content_key: str | None = None) -> "_Planned":
+        self._alias(src_key, content_key)
+
+        async def finish():
+            return result
+        return _Planned(_tokens_of(result), finish)
+
+    def _alias(self, src_key: str | None, content_key: str | None) -> None:
+        """The source's key as an alias of the content entry; expires after the TTL."""
+        if src_key is not None and content_key is not None:
+            self.cache.put(src_key, content_key, 256, ttl=self.config.cache_url_ttl_s)
+
+    async def _plan_cached(self, spec: MediaSpec, source: str, max_bytes: int, probe, compute) -> "_Planned":
+        """Source-key cache (URLs, with TTL) -> fetch -> content-key cache -> ``probe(fetched)``
+        (header only: ``(tokens, state)``); the plan's ``finish`` runs ``compute(fetched, uuid, state)``
+        (shared by concurrent requests for the same content)."""
         opts = _canon(self._effective(spec))
-        kind = source_kind(source)
         src_key = None
-        if kind == "http" and self.config.cache_url_ttl_s > 0:  # local files: re-read (cheap, never stale)
+        if source_kind(source) == "http" and self.config.cache_url_ttl_s > 0:  # local files: re-read (cheap)
             src_key = "src:" + hashlib.sha256(f"{source}\x00{opts}".encode()).hexdigest()
 
         async def from_source():
             fetched = await self._fetch(source, max_bytes)
             digest = await self._digest(fetched.data)
             content_key = "content:" + hashlib.sha256(f"{digest}\x00{opts}".encode()).hexdigest()
+            hit = self.cache.get(content_key)
+            if hit is not None:
+                self.cache.hits += 1
+                return self._ready(hit, src_key, content_key)
+            tokens, state = await self._decode(probe, fetched)
+            uuid = hashlib.sha256(f"{PIPELINE_VERSION}\x00{digest}\x00{opts}".encode()).hexdigest()
 
-            async def compute():
-                uuid = hashlib.sha256(f"{PIPELINE_VERSION}\x00{digest}\x00{opts}".encode()).hexdigest()
-                result = await compute_from_bytes(fetched, uuid)
+            async def compute_and_keep():
+                result = await compute(fetched, uuid, state)
                 self.cache.put(content_key, result, _nbytes(result))
                 return result
 
-            result = await self.cache.get_or_compute(content_key, compute)
-            if src_key is not None:  # an alias to the content entry; expires after the TTL
-                self.cache.put(src_key, content_key, 256, ttl=self.config.cache_url_ttl_s)
-            return result
+            async def finish():
+                result = await self.cache.get_or_compute(content_key, compute_and_keep)
+                self._alias(src_key, content_key)
+                return result
+            return _Planned(tokens, finish)
 
         if src_key is None:
             return await from_source()
@@ -288,44 +329,54 @@ class MediaLoader:
                 hit = self.cache.get(content_key)
                 if hit is not None:
                     self.cache.hits += 1
-                    return hit
+                    return self._ready(hit)
             return await from_source()
 
         return await self.cache.single_flight(src_key, via_source)
 
-    async def _load_image(self, spec: MediaSpec) -> LoadedImage:
+    async def _plan_image(self, spec: MediaSpec) -> "_Planned":
         c = self.config
 
-        async def compute(fetched: Fetched, uuid: str) -> LoadedImage:
-            img = await self._decode(decode_image, fetched.data, spec.options, max_pixels=c.max_image_pixels,
+        def probe(fetched: Fetched):
+            th, tw = image_target(fetched.data, spec.options, max_pixels=c.max_image_pixels,
                                   min_target_pixels=c.image_min_pixels, max_target_pixels=c.image_max_pixels,
-                                  content_type=fetched.content_type, mode=c.decode_mode,
-                                  margin=c.jpeg_reduce_margin, output="any")
+                                  content_type=fetched.content_type)
+            return vm.image_tokens(th, tw), None
+
+        async def compute(fetched: Fetched, uuid: str, _state) -> LoadedImage:
+            img = await self._decode(decode_image, fetched.data, spec.options, max_pixels=c.max_image_pixels,
+                                     min_target_pixels=c.image_min_pixels, max_target_pixels=c.image_max_pixels,
+                                     content_type=fetched.content_type, mode=c.decode_mode,
+                                     margin=c.jpeg_reduce_margin, output="any")
             if isinstance(img, np.ndarray):
                 img.flags.writeable = False
                 return LoadedImage(uuid=uuid, array=img)
             return LoadedImage(image=img, uuid=uuid)
 
-        return await self._cached(spec, spec.source, compute, c.max_image_bytes)
+        return await self._plan_cached(spec, spec.source, c.max_image_bytes, probe, compute)
 
-    async def _load_video(self, spec: MediaSpec) -> LoadedVideo:
+    async def _plan_video(self, spec: MediaSpec) -> "_Planned":
         c = self.config
 
-        async def compute(fetched: Fetched, uuid: str) -> LoadedVideo:
-            frames, meta = await self._decode(decode_video, fetched.data, spec.options, limits=self._limits,
-                                           defaults=self._vdefaults, mode=c.decode_mode)
+        def probe(fetched: Fetched):
+            plan = plan_video(fetched.data, spec.options, limits=self._limits, defaults=self._vdefaults)
+            return plan.tokens, plan
+
+        async def compute(fetched: Fetched, uuid: str, plan) -> LoadedVideo:
+            frames, meta = await self._decode(decode_planned, fetched.data, plan, mode=c.decode_mode)
             frames.flags.writeable = False
             return LoadedVideo(frames=frames, metadata=meta, uuid=uuid)
 
-        return await self._cached(spec, spec.source, compute, c.max_video_bytes)
+        return await self._plan_cached(spec, spec.source, c.max_video_bytes, probe, compute)
 
-    async def _load_frame_list(self, spec: MediaSpec) -> LoadedVideo:
+    async def _plan_frame_list(self, spec: MediaSpec) -> "_Planned":
         """qwen-vl-utils 0.0.14 frame lists: each frame through fetch_image at factor 56, padded to
         even by repeating the last, then the video resize rule at factor 28.
 
         Bounded: at most FRAME_FETCH_CONCURRENCY downloads at once, max_video_bytes for all frames
-        together, and each frame is taken to its final size right after decoding (the factor-56
-        intermediate can be ~50 MP per frame)."""
+        together, the first frame's header fixes everyone's size (and the tokens) before any decode,
+        and each frame is taken to its final size right after decoding (the factor-56 intermediate
+        can be ~50 MP per frame)."""
         c = self.config
         sources = list(spec.source)
         total = [0]
@@ -352,15 +403,21 @@ class MediaLoader:
         key = "content:" + uuid
         hit = self.cache.get(key)
         if hit is not None:
-            return hit
+            return self._ready(hit)
         n = vm.padded_frame_count(len(fetched))
+        step1_size = dict(max_pixels=c.max_image_pixels, min_target_pixels=vm.IMAGE_MIN_TOKEN_NUM * f1**2,
+                          max_target_pixels=vm.IMAGE_MAX_TOKEN_NUM * f1**2, factor=f1)
+        try:
+            h1, w1 = await self._decode(image_target, fetched[0].data, img_opts,
+                                        content_type=fetched[0].content_type, **step1_size)
+        except MediaError as e:
+            raise MediaError(f"frame 0: {e}") from None
+        th, tw = vm.video_target_size(h1, w1, n, opts, min_pixels=c.video_min_pixels,
+                                      max_pixels=c.video_max_pixels, total_pixels=c.video_total_pixels)
 
         def step1(f: Fetched) -> np.ndarray:
-            img = decode_image(f.data, img_opts, max_pixels=c.max_image_pixels,
-                               min_target_pixels=vm.IMAGE_MIN_TOKEN_NUM * f1**2,
-                               max_target_pixels=vm.IMAGE_MAX_TOKEN_NUM * f1**2,
-                               content_type=f.content_type, mode=c.decode_mode,
-                               margin=c.jpeg_reduce_margin, factor=f1, output="any")
+            img = decode_image(f.data, img_opts, content_type=f.content_type, mode=c.decode_mode,
+                               margin=c.jpeg_reduce_margin, output="any", **step1_size)
             return img if isinstance(img, np.ndarray) else np.asarray(img)
 
         async def run_step(i: int, fn, *args):
@@ -369,38 +426,50 @@ class MediaLoader:
             except MediaError as e:
                 raise MediaError(f"frame {i}: {e}") from None
 
-        first = await run_step(0, step1, fetched[0])  # its size fixes everyone's target
-        h1, w1 = first.shape[:2]
-        th, tw = vm.video_target_size(h1, w1, n, opts, min_pixels=c.video_min_pixels,
-                                      max_pixels=c.video_max_pixels, total_pixels=c.video_total_pixels)
-        out = np.empty((n, th, tw, 3), np.uint8)
-
-        def finish(i: int, f: Fetched, a: np.ndarray | None = None) -> None:
-            a = step1(f) if a is None else a
+        def finish_frame(out: np.ndarray, i: int, f: Fetched) -> None:
+            a = step1(f)
             if a.shape[:2] != (h1, w1):
                 raise MediaError(f"all frames of a frame list must have the same size, got {w1}x{h1} "
                                  f"for frame 0 and {a.shape[1]}x{a.shape[0]} after resizing")
             out[i] = resize_video_frame(a, (tw, th), c.decode_mode)
 
-        jobs, seen = [], {}
-        for i, f in enumerate(fetched):  # identical frames are decoded once
-            if digests[i] in seen:
-                continue
-            seen[digests[i]] = i
-            jobs.append(run_step(i, finish, i, f, first if i == 0 else None))
-        await asyncio.gather(*jobs)
-        for i in range(len(fetched)):
-            j = seen[digests[i]]
-            if j != i:
-                out[i] = out[j]
-        out[len(fetched):] = out[len(fetched) - 1]  # pad to even with the last frame
-        out.flags.writeable = False
-        sample_fps = float(opts.get("sample_fps", 2.0))
-        meta = {"fps": sample_fps, "frames_indices": list(range(n)), "total_num_frames": n,
-                "duration": n / sample_fps, "sample_fps": sample_fps, "video_backend": "frames"}
-        result = LoadedVideo(frames=out, metadata=meta, uuid=uuid)
-        self.cache.put(key, result, _nbytes(result))
-        return result
+        async def finish() -> LoadedVideo:
+            out = np.empty((n, th, tw, 3), np.uint8)
+            jobs, seen = [], {}
+            for i, f in enumerate(fetched):  # identical frames are decoded once
+                if digests[i] in seen:
+                    continue
+                seen[digests[i]] = i
+                jobs.append(run_step(i, finish_frame, out, i, f))
+            await asyncio.gather(*jobs)
+            for i in range(len(fetched)):
+                j = seen[digests[i]]
+                if j != i:
+                    out[i] = out[j]
+            out[len(fetched):] = out[len(fetched) - 1]  # pad to even with the last frame
+            out.flags.writeable = False
+            sample_fps = float(opts.get("sample_fps", 2.0))
+            meta = {"fps": sample_fps, "frames_indices": list(range(n)), "total_num_frames": n,
+                    "duration": n / sample_fps, "sample_fps": sample_fps, "video_backend": "frames"}
+            result = LoadedVideo(frames=out, metadata=meta, uuid=uuid)
+            self.cache.put(key, result, _nbytes(result))
+            return result
+
+        return _Planned(vm.video_tokens(n, th, tw), finish)
+
+
+@dataclass
+class _Planned:
+    """One item fetched and its header (or container index) read; nothing decoded yet."""
+    tokens: int  # what the engine will count for it
+    finish: Callable[[], Awaitable[LoadedImage | LoadedVideo]]
+
+
+def _tokens_of(r: LoadedImage | LoadedVideo) -> int:
+    if isinstance(r, LoadedImage):
+        w, h = r.size
+        return vm.image_tokens(h, w)
+    return vm.video_tokens(*r.frames.shape[:3])
 
 
 def _nbytes(r: LoadedImage | LoadedVideo) -> int:

@@ -307,9 +307,25 @@ def decode_sequential(data: bytes, indices: list[int], on_frame=None) -> dict[in
     return out
 
 
-def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits | None = None,
-                 defaults: VideoDefaults | None = None, mode: str = "fast") -> tuple[np.ndarray, dict[str, Any]]:
-    """-> (frames uint8 [T, H, W, 3], metadata)."""
+@dataclass
+class VideoPlan:
+    """What a video will become, known from the container index alone (no frame decoded)."""
+    index: StreamIndex
+    indices: list[int]  # source frames to sample (even count)
+    sample_fps: float
+    count: int  # frames in the sampled range
+    height: int  # per-frame output size
+    width: int
+
+    @property
+    def tokens(self) -> int:
+        return vm.video_tokens(len(self.indices), self.height, self.width)
+
+
+def plan_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits | None = None,
+               defaults: VideoDefaults | None = None) -> VideoPlan:
+    """Demux (no decoding), sample as qwen-vl-utils does, and check every limit that the index can
+    tell: frame size, duration, frame counts, decode work."""
     d = defaults or VideoDefaults()
     limits = limits or VideoLimits()
     av = _av()
@@ -332,6 +348,20 @@ def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits
                             f"smaller clip, or fewer frames")
     th, tw = vm.video_target_size(idx.height, idx.width, len(indices), options, min_pixels=d.min_pixels,
                                   max_pixels=d.max_pixels, total_pixels=d.total_pixels)
+    return VideoPlan(idx, indices, sample_fps, count, th, tw)
+
+
+def decode_video(data: bytes, options: Mapping[str, Any], *, limits: VideoLimits | None = None,
+                 defaults: VideoDefaults | None = None, mode: str = "fast") -> tuple[np.ndarray, dict[str, Any]]:
+    """-> (frames uint8 [T, H, W, 3], metadata)."""
+    return decode_planned(data, plan_video(data, options, limits=limits, defaults=defaults), mode=mode)
+
+
+def decode_planned(data: bytes, plan: VideoPlan, *, mode: str = "fast") -> tuple[np.ndarray, dict[str, Any]]:
+    """The frames of a :class:`VideoPlan`, decoded from ``data`` (the bytes it was planned from)."""
+    av = _av()
+    idx, indices, sample_fps, count = plan.index, plan.indices, plan.sample_fps, plan.count
+    th, tw = plan.height, plan.width
     out = np.empty((len(indices), th, tw, 3), dtype=np.uint8)
     positions: dict[int, list[int]] = {}
     for k, i in enumerate(indices):

@@ -248,6 +248,18 @@ def frame_list_sizes(height: int, width: int, nframes_padded: int, options: Mapp
     return step1, step2
 
 
+def image_tokens(height: int, width: int) -> int:
+    """Visual tokens of an image resized to ``height`` x ``width`` (multiples of 28): one per 2x2
+    merge of 14-pixel patches, as Qwen2.5-VL's processor counts them (``image_grid_thw.prod() // 4``)."""
+    return (height // IMAGE_FACTOR) * (width // IMAGE_FACTOR)
+
+
+def video_tokens(nframes: int, height: int, width: int) -> int:
+    """Visual tokens of ``nframes`` frames (even) resized to ``height`` x ``width``: frames are paired
+    (temporal patch 2), then as :func:`image_tokens`."""
+    return (nframes // FRAME_FACTOR) * image_tokens(height, width)
+
+
 def padded_frame_count(n: int) -> int:
     """Frame lists are padded (repeating the last frame) to a multiple of FRAME_FACTOR."""
     return ceil_by_factor(n, FRAME_FACTOR)

@@ -14,6 +14,7 @@ from ray import serve
 
 from serve_app.app_config import AppConfig
 from serve_app.media.spec import MediaSpec
+from serve_app.media.token_budget import TokenBudget
 from serve_app.observability import metrics
 from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.preprocess.preparer import MediaPreparer
@@ -28,13 +29,14 @@ class Preprocessor:
         self._preparer.warmup()
 
     async def prepare(self, media: list[MediaSpec], request_id: str | None = None,
-                      sent_at: float | None = None) -> PreparedMedia:
-        """``request_id`` (for log lines) and ``sent_at`` (``time.time()`` at the ingress, for the
-        preprocess_queue metric) are the ingress's."""
+                      sent_at: float | None = None, token_budget: TokenBudget | None = None) -> PreparedMedia:
+        """``request_id`` (for log lines), ``sent_at`` (``time.time()`` at the ingress, for the
+        preprocess_queue metric) and ``token_budget`` (what the media may take of the context) are
+        the ingress's."""
         if sent_at is not None:
             metrics.observe_stage("preprocess_queue", time.time() - sent_at)
         try:
-            return await self._preparer.prepare(media, request_id=request_id)
+            return await self._preparer.prepare(media, request_id=request_id, token_budget=token_budget)
         except Exception as exc:
             # The reason's class only: a media error's message may hold a URL, a path or data.
             logger.info("request %s: media refused (%s)", request_id, metrics.media_error_reason(exc))

@@ -13,6 +13,7 @@ from serve_app.app_config import AppConfig
 from serve_app.errors import DeadlineExceededError
 from serve_app.media.loader import LoadedImage, MediaLoader
 from serve_app.media.spec import MediaSpec
+from serve_app.media.token_budget import TokenBudget
 from serve_app.observability import metrics
 from serve_app.preprocess.prepared import PreparedMedia, engine_video_metadata
 
@@ -33,12 +34,15 @@ class MediaPreparer:
         except Exception as exc:  # noqa: BLE001
             logger.warning("media decoder warm-up failed (the first request will retry): %r", exc)
 
-    async def prepare(self, media: Sequence[MediaSpec], request_id: str | None = None) -> PreparedMedia:
+    async def prepare(self, media: Sequence[MediaSpec], request_id: str | None = None,
+                      token_budget: TokenBudget | None = None) -> PreparedMedia:
+        """``token_budget``: the request's (:attr:`ValidatedRequest.token_budget`), checked against
+        the items' declared sizes before any decode."""
         t0 = time.monotonic()
         # A deadline for the whole request: on expiry (or when the caller cancels, e.g. the client
         # went away) the loader's tasks are cancelled, so no fetch continues and no new decode starts.
         try:
-            loaded = await asyncio.wait_for(self._loader.load(media), self._timeout_s)
+            loaded = await asyncio.wait_for(self._loader.load(media, token_budget), self._timeout_s)
         except asyncio.TimeoutError:
             raise DeadlineExceededError(
                 f"the request's media could not be fetched and decoded within {self._timeout_s:g} s "

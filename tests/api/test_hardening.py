@@ -51,6 +51,41 @@ def test_resized_sizes_stay_under_the_pixel_caps():
         check_request(_req(frames), CONFIG)
 
 
+CTX = parse_app_config({"model": {"path": "/m", "served_name": "m"},
+                        "engine": {"engine_kwargs": {"max_model_len": 4096, "limit_mm_per_prompt": {"image": 4}}},
+                        "media": {"image_max_pixels": 1003520}})
+
+
+def _ask(*parts, **fields):
+    return ChatCompletionRequest.model_validate({"model": "m", **fields, "messages": [
+        {"role": "user", "content": [*parts, {"type": "text", "text": "what is in these pictures?"}]}]})
+
+
+def test_media_token_budget_from_the_options_before_any_fetch():
+    sized = {"type": "image", "image": PNG, "resized_height": 1000, "resized_width": 1000}  # 1296 tokens
+    checked = check_request(_ask(sized, sized, sized, max_tokens=64), CTX)
+    b = checked.token_budget
+    assert (b.context, b.output) == (4096, 64) and 5 <= b.text <= 10 and b.media == 4096 - 64 - b.text
+    with pytest.raises(InvalidRequestError, match=r"content\[3\]: the request's images and videos up to this one need "
+                                                  r"at least 5184 tokens \(this one 1296\)"):
+        check_request(_ask(sized, sized, sized, sized), CTX)
+    with pytest.raises(InvalidRequestError, match="the answer 3000: max_tokens"):
+        check_request(_ask(sized, sized, max_tokens=3000), CTX)
+    frames = {"type": "video", "video": [PNG] * 768, "resized_height": 280, "resized_width": 280}
+    with pytest.raises(InvalidRequestError, match="need at least 38400 tokens"):
+        check_request(_ask(frames), CTX)
+
+
+def test_the_text_counts_against_the_media_budget():
+    long_text = {"type": "text", "text": "word " * 5000}
+    with pytest.raises(InvalidRequestError, match="0 tokens left .*the text takes at least 4097, the answer at least 1[)]"):
+        check_request(_ask(long_text, {"type": "image", "image": PNG}), CTX)
+    assert check_request(_ask(), CTX).token_budget is None  # text only: vLLM counts it exactly
+    unstated = parse_app_config({"model": {"path": "/m", "served_name": "m"}})
+    assert check_request(_ask({"type": "image", "image": PNG}), unstated).token_budget is None
+    assert check_request(_ask({"type": "image", "image": PNG}), unstated, context=2048).token_budget.context == 2048
+
+
 def test_api_keys(tmp_path):
     secret = tmp_path / "keys"
     secret.write_text("# ops\nk-file-1\n\nk-file-2  # rotated in\n")
@@ -179,7 +214,7 @@ def test_media_deadline_stops_the_work():
     class SlowLoader:
         cache = type("NoCache", (), {"hits": 0, "misses": 0})()
 
-        async def load(self, media):
+        async def load(self, media, token_budget=None):
             try:
                 await asyncio.sleep(3600)  # a source trickling one byte every 5 s
             except asyncio.CancelledError:

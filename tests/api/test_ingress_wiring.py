@@ -88,7 +88,8 @@ def test_chat_completions_picks_the_handle_by_media():
 
     cls = _user_class()
     obj = object.__new__(cls)
-    cls.__init__(obj, CallableHandle("pre"), CallableHandle("engine"), parse_app_config({"model": {"path": "/m"}}))
+    cls.__init__(obj, CallableHandle("pre"), CallableHandle("engine"),
+                 parse_app_config({"model": {"path": "/m"}, "engine": {"engine_kwargs": {"max_model_len": 4096}}}))
 
     class Raw:
         def __init__(self, body):
@@ -199,3 +200,33 @@ def test_serves_broadcast_exists_in_this_ray():
     assert "method_name" in inspect.signature(DeploymentHandle.broadcast).parameters
     params = inspect.signature(DeploymentBroadcastResponse.results_async).parameters
     assert {"timeout_s", "return_exceptions"} <= set(params)
+
+
+def test_the_context_comes_from_the_config_else_once_from_the_engine():
+    import asyncio
+
+    asked = []
+
+    class Info:
+        def remote(self):
+            asked.append(1)
+
+            async def info():
+                return {"max_model_len": 8192}
+            return info()
+
+    class Engine(FakeHandle):
+        def options(self, **kw):
+            return Engine(self.name, {**self.opts, **kw})
+
+        model_info = Info()
+
+    cls = _user_class()
+    obj = object.__new__(cls)
+    cls.__init__(obj, FakeHandle("pre"), Engine("engine"), parse_app_config({"model": {"path": "/m"}}))
+    assert [asyncio.run(obj._context()) for _ in range(3)] == [8192] * 3 and asked == [1]
+    obj = object.__new__(cls)
+    cls.__init__(obj, FakeHandle("pre"), Engine("engine"),
+                 parse_app_config({"model": {"path": "/m"}, "engine": {"engine_kwargs": {"max_model_len": 4096}}}))
+    assert asyncio.run(obj._context()) == 4096 and asked == [1]
+    assert asyncio.run(obj._engine_context()) == 8192 and asked == [1, 1]  # /v1/models: the engine's, as before

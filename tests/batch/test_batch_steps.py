@@ -78,7 +78,7 @@ class FakePreparer:
     def __init__(self, fail=None):
         self.calls, self.fail = [], fail
 
-    async def prepare(self, plan):
+    async def prepare(self, plan, token_budget=None):
         self.calls.append(plan)
         if self.fail:
             raise self.fail

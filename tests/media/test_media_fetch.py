@@ -183,6 +183,54 @@ async def test_overall_fetch_deadline(server):
     assert time.monotonic() - t < 3
 
 
+def _paced(total: int, chunk: int, every_s: float, head_delay_s: float = 0.0):
+    def route(req):
+        time.sleep(head_delay_s)
+        req.send_response(200)
+        req.send_header("Content-Type", "image/png")
+        req.send_header("Content-Length", str(total))
+        req.end_headers()
+        sent = 0
+        try:
+            while sent < total:
+                n = min(chunk, total - sent)
+                req.wfile.write(PNG[sent:sent + n] if sent + n <= len(PNG) else b"x" * n)
+                req.wfile.flush()
+                sent += n
+                time.sleep(every_s)
+        except OSError:  # the client gave up
+            pass
+    return route
+
+
+SLOW_BUDGET = {"fetch_rate_grace_s": 0.5, "fetch_min_bytes_per_s": 2000.0, "read_timeout_s": 5.0}
+
+
+async def test_a_trickling_source_fails_after_its_grace_not_at_the_deadline(server):
+    server.routes["/trickle"] = _paced(100_000, 1, 0.3)
+    cfg = LOOPBACK_OK.model_copy(update=SLOW_BUDGET)
+    t = time.monotonic()
+    with pytest.raises(MediaError, match=r"content\[0\]: fetching .* timed out: the source is too slow \(\d+ bytes in "
+                                         r"0\.\d+s; this server needs 2000 bytes/s after the first 0.5s"):
+        await load(cfg, img(server.url("/trickle")))
+    assert time.monotonic() - t < 2.5  # the grace plus a few bytes' worth, nowhere near fetch_timeout_s
+
+
+async def test_headers_held_back_past_the_grace_fail_too(server):
+    server.routes["/late"] = _paced(len(PNG), len(PNG), 0, head_delay_s=2.0)
+    cfg = LOOPBACK_OK.model_copy(update=SLOW_BUDGET)
+    with pytest.raises(MediaError, match=r"too slow \(0 bytes in"):
+        await load(cfg, img(server.url("/late")))
+
+
+async def test_a_steady_source_may_take_longer_than_the_grace(server):
+    # 1.2 s in all at about 5x the minimum rate: the budget grows with every byte received
+    server.routes["/steady"] = _paced(len(PNG), max(1, len(PNG) // 12), 0.1)
+    cfg = LOOPBACK_OK.model_copy(update={**SLOW_BUDGET, "fetch_min_bytes_per_s": len(PNG) / 6})
+    [res] = await load(cfg, img(server.url("/steady")))
+    assert res.image.mode == "RGB"
+
+
 async def test_byte_cap_with_and_without_content_length(server):
     cfg = LOOPBACK_OK.model_copy(update={"max_image_bytes": 50_000})
     server.body("/big.jpg", BIG)

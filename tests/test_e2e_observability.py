@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 
 import httpx
@@ -17,7 +15,6 @@ import pytest
 from PIL import Image
 
 from serve_app.observability import metrics
-from tests.conftest import free_port, start_served, throughput_env
 
 pytestmark = pytest.mark.e2e
 
@@ -26,26 +23,9 @@ SECRET_PROMPT = "zebra-secret-prompt-4242"
 
 
 @pytest.fixture(scope="module")
-def obs(tmp_path_factory, media_root, tiny_model_dir):
-    mport = free_port()
-    command = [sys.executable, "-m", "serve_app", "serve", "--metrics-port", str(mport)]
-    # This Ray's own temp dir (short: Ray's socket paths must stay under 108 characters), to read
-    # the replicas' log files; others' Ray instances on this machine keep theirs.
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    try:
-        for proc in start_served(tmp_path_factory, {"media": {"allowed_local_roots": [str(media_root)]}},
-                                 extra_env={**throughput_env(), "RAY_TMPDIR": ray_tmp,
-                                            # a loaded 2-core box: Ray's dashboard agent can take > 30 s
-                                            "RAY_agent_register_timeout_ms": "180000",
-                                            "RAY_raylet_start_wait_time_s": "240",
-                                            # throughput mode buffers 1000 request-path log lines
-                                            # per replica (flushed on ERROR); write each at once
-                                            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}, command=command):
-            proc.metrics_url = f"http://127.0.0.1:{mport}/metrics"
-            proc.ray_tmp = pathlib.Path(ray_tmp)
-            yield proc
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+def obs(shared_app):
+    """The session's shared app (tests/conftest.py), first of its modules: counters start at zero."""
+    return shared_app
 
 
 def _replica_logs(ray_tmp: pathlib.Path) -> dict[str, str]:

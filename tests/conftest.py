@@ -183,11 +183,15 @@ def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: 
 
 def throughput_env() -> dict[str, str]:
     """Production's Ray environment (serve_app/ray_env.py: HAProxy ingress, Serve's throughput mode),
-    with HAProxy's stats/metrics listeners on free ports instead of the fixed 8404/9101."""
+    with HAProxy's stats/metrics listeners on free ports instead of the fixed 8404/9101, and no
+    30 s drain of the ingress replicas at shutdown (Ray 2.60 holds a direct-ingress replica that
+    long so a load balancer stops sending to it; nothing sends once a test is done, and every
+    teardown waited for it)."""
     from serve_app.ray_env import THROUGHPUT_ENV
 
     return dict(THROUGHPUT_ENV, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+                RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+                RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0")
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,8 @@ def _large_image(seed: int) -> str:
 
 
 class RssSampler(threading.Thread):
-    """Every SAMPLE_S: (t, {deployment: RSS in MiB of its replica process trees})."""
+    """Every SAMPLE_S: (t, {"<deployment> <pid>": RSS in MiB of that replica's process tree}).
+    Per replica: autoscaling may add or remove one during the soak."""
 
     def __init__(self, served):
         super().__init__(daemon=True)
@@ -74,7 +75,7 @@ class RssSampler(threading.Thread):
 
     def snapshot(self) -> dict[str, float]:
         procs = serve_replicas.replica_processes(self._served)
-        return {d: sum(serve_replicas.tree_rss(p) for p in ps) / 2**20 for d, ps in procs.items()}
+        return {f"{d} {p.pid}": serve_replicas.tree_rss(p) / 2**20 for d, ps in procs.items() for p in ps}
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -86,8 +87,10 @@ class RssSampler(threading.Thread):
         self.join()
 
 
-def slope_mib_per_min(samples, deployment: str, t_from: float) -> float:
-    pts = [(t, s[deployment]) for t, s in samples if t >= t_from and deployment in s]
+def slope_mib_per_min(samples, replica: str, t_from: float) -> float | None:
+    pts = [(t, s[replica]) for t, s in samples if t >= t_from and replica in s]
+    if len(pts) < 10:  # came or went during the fitted part
+        return None
     t, rss = np.array(pts).T
     return float(np.polyfit((t - t[0]) / 60.0, rss, 1)[0])
 
@@ -160,18 +163,22 @@ def test_soak_mixed_load_rss_flat_and_large_media_given_back(served, media_root,
     n_ok = len(all_lat)
     n_err = sum(errors.values())
     p50, p99 = (float(np.percentile(all_lat, q)) for q in (50, 99))
-    slopes = {d: slope_mib_per_min(sampler.samples, d, t_start + WARMUP_S) for d in sampler.samples[-1][1]}
-    first, last = sampler.samples[0][1], sampler.samples[-1][1]
-    fitted = next(s for t, s in sampler.samples if t >= t_start + WARMUP_S)
+    replicas = sorted({r for _, s in sampler.samples for r in s})
+    slopes = {r: slope_mib_per_min(sampler.samples, r, t_start + WARMUP_S) for r in replicas}
+    slopes = {r: v for r, v in slopes.items() if v is not None}
+
+    def rss_at(r: str, t_from: float = 0.0, last: bool = False) -> str:
+        vals = [s[r] for t, s in sampler.samples if t >= t_from and r in s]
+        return f"{vals[-1 if last else 0]:.0f}" if vals else "-"
     lines = [
         f"soak: {elapsed:.0f} s at concurrency {CONCURRENCY}: {n_ok + n_err} requests "
         f"({', '.join(f'{k} {len(v)}' for k, v in sorted(latencies.items()))}), errors {errors or 'none'}",
         f"soak latency: p50 {p50:.2f} s, p99 {p99:.2f} s, max {all_lat[-1]:.2f} s; "
         + ", ".join(f"{k} p99 {np.percentile(v, 99):.2f} s" for k, v in sorted(latencies.items())),
-        "soak RSS slope after the %.0f s warm-up, MiB/min (RSS at start → after warm-up → end): %s" % (
-            WARMUP_S, ", ".join(f"{d} {s:+.2f}, bound ±{SLOPE_BOUND_MIB_PER_MIN[d]:.0f} "
-                                f"({first[d]:.0f} → {fitted[d]:.0f} → {last[d]:.0f} MiB)"
-                                for d, s in sorted(slopes.items()))),
+        "soak RSS slope per replica (deployment pid) after the %.0f s warm-up, MiB/min (RSS at start → "
+        "after warm-up → end): %s" % (WARMUP_S, ", ".join(
+            f"{r} {slopes[r]:+.2f}, bound ±{SLOPE_BOUND_MIB_PER_MIN[r.split()[0]]:.0f} "
+            f"({rss_at(r)} → {rss_at(r, t_start + WARMUP_S)} → {rss_at(r, last=True)} MiB)" for r in sorted(slopes))),
     ]
 
     # Large media: a few 12 MP images one after another, then RSS back toward where it was.
@@ -198,15 +205,21 @@ def test_soak_mixed_load_rss_flat_and_large_media_given_back(served, media_root,
         time.sleep(1)
     lines.append(f"large media ({LARGE_IMAGES} x 12 MP PNG, {large_errors} errors): RSS before / peak seen / "
                  f"{time.monotonic() - deadline + GIVE_BACK_S:.0f} s later (MiB, bound +{GIVE_BACK_BOUND_MIB:.0f}): "
-                 + ", ".join(f"{d} {base[d]:.0f} / {peak[d]:.0f} / {after[d]:.0f}" for d in sorted(base)))
+                 + ", ".join(f"{d} {base[d]:.0f} / {peak[d]:.0f} / {after.get(d, float('nan')):.0f}"
+                             for d in sorted(base)))
     figures.extend(lines)
     print("\n".join(lines))
 
     assert n_err == 0 and large_errors == 0, errors
     assert n_ok >= CONCURRENCY * 4, "the soak barely ran"
-    for d, s in slopes.items():
-        assert abs(s) <= SLOPE_BOUND_MIB_PER_MIN[d], f"{d}: RSS slope {s:+.2f} MiB/min"
-    for d, g in grown.items():
-        assert g <= GIVE_BACK_BOUND_MIB, f"{d}: {g:.0f} MiB more than before the large images after {GIVE_BACK_S} s"
-    # The same replicas throughout: none crashed and was replaced.
-    assert serve_replicas.replicas(served) == before
+    assert {r.split()[0] for r in slopes} == {"Ingress", "Preprocessor", "Engine"}, slopes
+    for r, s in slopes.items():
+        assert abs(s) <= SLOPE_BOUND_MIB_PER_MIN[r.split()[0]], f"{r}: RSS slope {s:+.2f} MiB/min"
+    for r, g in grown.items():
+        assert g <= GIVE_BACK_BOUND_MIB, f"{r}: {g:.0f} MiB more than before the large images after {GIVE_BACK_S} s"
+    # No replica crashed and was replaced. Autoscaling may add or remove replicas meanwhile; a
+    # replacement is a new replica without the deployment growing.
+    now = serve_replicas.replicas(served)
+    for d, rs in now.items():
+        new = {r["actor_id"] for r in rs} - {r["actor_id"] for r in before.get(d, [])}
+        assert not new or len(rs) > len(before.get(d, [])), (d, before.get(d), rs)

@@ -132,6 +132,26 @@ class ServeProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # Ray's workers run in process groups of their own, and what they start (HAProxy in
+        # throughput mode) can outlive them: one was found still serving 25 min after its app
+        # stopped. All of them stay in the session `serve run` leads.
+        for pid in _session_members(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _session_members(sid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    out.append(int(entry))
+            except OSError:
+                pass
+    return out
 
 
 def write_local_config(dst: pathlib.Path, port: int, args_overrides: dict, deployments_overrides=None) -> pathlib.Path:

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -32,6 +33,19 @@ for _k, _v in {
     os.environ.setdefault(_k, _v)
 
 
+# Modules whose tests run on the one `shared_app` of the session, in this order. They run after
+# every other test, so the shared app starts once and is never up beside another module's own
+# `serve run` (two Ray instances on a 2-core machine slow both). Observability first: it asserts
+# exact counter values of a fresh app. The fault test last: it kills replicas.
+SHARED_APP_ORDER = {
+    "test_e2e_observability.py": 0,
+    "test_e2e_serving.py": 1,
+    "test_e2e_schemathesis.py": 2,
+    "test_e2e_soak.py": 3,
+    "test_e2e_faults.py": 9,
+}
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -44,6 +58,13 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+    def rank(item) -> tuple[int, int]:
+        if "shared_app" not in getattr(item, "fixturenames", ()):
+            return (0, 0)
+        return (1, SHARED_APP_ORDER.get(item.path.name, 5))
+
+    items.sort(key=rank)  # stable: every module keeps its own order
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +132,26 @@ class ServeProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # Ray's workers run in process groups of their own, and what they start (HAProxy in
+        # throughput mode) can outlive them: one was found still serving 25 min after its app
+        # stopped. All of them stay in the session `serve run` leads.
+        for pid in _session_members(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _session_members(sid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    out.append(int(entry))
+            except OSError:
+                pass
+    return out
 
 
 def write_local_config(dst: pathlib.Path, port: int, args_overrides: dict, deployments_overrides=None) -> pathlib.Path:
@@ -152,6 +193,7 @@ def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: 
     # RAY_ADDRESS="local": always a fresh Ray instance, never some cluster already running here.
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local", **(extra_env or {}))
     proc = ServeProcess(config, logs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log", port, env, command)
+    proc.config = yaml.safe_load(config.read_text())  # what it runs with (deadlines, queue limits)
     try:
         proc.wait_ready("qwen2.5-vl-tiny")
         yield proc
@@ -161,21 +203,84 @@ def start_served(tmp_path_factory, args_overrides: dict, deployments_overrides: 
 
 def throughput_env() -> dict[str, str]:
     """Production's Ray environment (serve_app/ray_env.py: HAProxy ingress, Serve's throughput mode),
-    with HAProxy's stats/metrics listeners on free ports instead of the fixed 8404/9101."""
+    with HAProxy's stats/metrics listeners on free ports instead of the fixed 8404/9101, and no
+    30 s drain of the ingress replicas at shutdown (Ray 2.60 holds a direct-ingress replica that
+    long so a load balancer stops sending to it; nothing sends once a test is done, and every
+    teardown waited for it)."""
     from serve_app.ray_env import THROUGHPUT_ENV
 
     return dict(THROUGHPUT_ENV, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+                RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+                RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0")
+
+
+def own_direct_ingress_ports() -> dict[str, str]:
+    """Throughput mode gives replicas their own HTTP/gRPC ports from fixed ranges (30000+, 40000+) that
+    each Ray instance allocates without knowing the others: another Serve on this machine then holds
+    the port this one's HAProxy forwards to, and answers part of these requests with its own config.
+    Ranges starting at a port that was free just now keep the two apart."""
+    http, grpc = free_port(), free_port()
+    return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(min(http + 200, 65535)),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(min(grpc + 200, 65535))}
+
+
+@pytest.fixture(scope="session")
+def shared_app(tmp_path_factory, media_root, tiny_model_dir):
+    """One app for every module in SHARED_APP_ORDER: the embedded default with a local media root
+    and small engine queue limits, in the Ray environment production runs with (HAProxy in front
+    of the ingress replicas), started by `python -m serve_app serve` with a metrics port.
+    ``metrics_url``: its Prometheus endpoint; ``ray_tmp``: this Ray's own temp dir (replica logs)."""
+    mport = free_port()
+    # Short: Ray's socket paths must stay under 108 characters. Its own, so replica logs are this
+    # app's alone; others' Ray instances on this machine keep theirs.
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    command = [sys.executable, "-m", "serve_app", "serve", "--metrics-port", str(mport)]
+    try:
+        for proc in start_served(
+            tmp_path_factory,
+            {"media": {"allowed_local_roots": [str(media_root)]}},
+            # Small queue so the overload test can fill it; 16 ongoing still admits the concurrency test.
+            {"Engine": {"max_ongoing_requests": 16, "max_queued_requests": 8}},
+            extra_env={**throughput_env(), "RAY_TMPDIR": ray_tmp,
+                       # Ray's node address on loopback: the fault and soak tests' driver joins
+                       # this cluster, and tests talk to nothing but 127.0.0.1.
+                       "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                       # a loaded 2-core box: Ray's dashboard agent can take > 30 s
+                       "RAY_agent_register_timeout_ms": "180000",
+                       "RAY_raylet_start_wait_time_s": "240",
+                       # throughput mode buffers 1000 request-path log lines per replica
+                       # (flushed on ERROR); write each at once
+                       "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+                       **own_direct_ingress_ports()},
+            command=command,
+        ):
+            proc.metrics_url = f"http://127.0.0.1:{mport}/metrics"
+            proc.ray_tmp = pathlib.Path(ray_tmp)
+            yield proc
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, media_root, tiny_model_dir):
-    """The embedded default (with a local media root and small engine queue limits), in the Ray
-    environment production runs with (HAProxy in front of the ingress replicas)."""
-    yield from start_served(
-        tmp_path_factory,
-        {"media": {"allowed_local_roots": [str(media_root)]}},
-        # Small queue so the overload test can fill it; 16 ongoing still admits the concurrency test.
-        {"Engine": {"max_ongoing_requests": 16, "max_queued_requests": 8}},
-        extra_env=throughput_env(),
-    )
+def served(shared_app):
+    """The session's shared app (see `shared_app`)."""
+    return shared_app
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures() -> list[str]:
+    """Lines a test appends (fault, soak and fuzzing counts): printed at the end of the session,
+    so CI logs show them whether the test passed or not."""
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -8,9 +8,7 @@ import base64
 import io
 import pathlib
 import re
-import shutil
 import sys
-import tempfile
 import time
 
 import httpx
@@ -18,7 +16,6 @@ import pytest
 from PIL import Image
 
 from serve_app.observability import metrics
-from tests.conftest import free_port, start_served, throughput_env
 
 pytestmark = pytest.mark.e2e
 
@@ -27,39 +24,9 @@ SECRET_PROMPT = "zebra-secret-prompt-4242"
 
 
 @pytest.fixture(scope="module")
-def obs(tmp_path_factory, media_root, tiny_model_dir):
-    mport = free_port()
-    command = [sys.executable, "-m", "serve_app", "serve", "--metrics-port", str(mport)]
-    # This Ray's own temp dir (short: Ray's socket paths must stay under 108 characters), to read
-    # the replicas' log files; others' Ray instances on this machine keep theirs.
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    try:
-        for proc in start_served(tmp_path_factory, {"media": {"allowed_local_roots": [str(media_root)]}},
-                                 extra_env={**throughput_env(), "RAY_TMPDIR": ray_tmp,
-                                            # a loaded 2-core box: Ray's dashboard agent can take > 30 s
-                                            "RAY_agent_register_timeout_ms": "180000",
-                                            "RAY_raylet_start_wait_time_s": "240",
-                                            # throughput mode buffers 1000 request-path log lines
-                                            # per replica (flushed on ERROR); write each at once
-                                            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
-                                            **_own_direct_ingress_ports()}, command=command):
-            proc.metrics_url = f"http://127.0.0.1:{mport}/metrics"
-            proc.ray_tmp = pathlib.Path(ray_tmp)
-            yield proc
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def _own_direct_ingress_ports() -> dict[str, str]:
-    """Throughput mode gives replicas their own HTTP/gRPC ports from fixed ranges (30000+, 40000+) that
-    each Ray instance allocates without knowing the others: another Serve on this machine then holds
-    the port this one's HAProxy forwards to, and answers part of these requests with its own config.
-    Ranges starting at a port that was free just now keep the two apart."""
-    http, grpc = free_port(), free_port()
-    return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(min(http + 200, 65535)),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(min(grpc + 200, 65535))}
+def obs(shared_app):
+    """The session's shared app (tests/conftest.py), first of its modules: counters start at zero."""
+    return shared_app
 
 
 def _replica_logs(ray_tmp: pathlib.Path) -> dict[str, str]:

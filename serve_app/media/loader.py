@@ -245,6 +245,11 @@ class MediaLoader:
         metrics.count_media_bytes(source_kind(source), len(fetched.data))
         return fetched
 
+    async def _probe(self, fn, *args, **kwargs):
+        """A header or container-index read before the token budget is checked, in the decode threads;
+        not a stage of its own in the metrics (one media_decode observation per item stays true)."""
+        return await self._run(fn, *args, **kwargs)
+
     async def _decode(self, fn, *args, **kwargs):
         """``fn`` (decode and resize) in the decode threads: the resizes it runs timed as media_resize,
         the rest (decoding, colour conversion, waiting for a decode thread) as media_decode."""
@@ -306,7 +311,7 @@ class MediaLoader:
             if hit is not None:
                 self.cache.hits += 1
                 return self._ready(hit, src_key, content_key)
-            tokens, state = await self._decode(probe, fetched)
+            tokens, state = await self._probe(probe, fetched)
             uuid = hashlib.sha256(f"{PIPELINE_VERSION}\x00{digest}\x00{opts}".encode()).hexdigest()
 
             async def compute_and_keep():
@@ -408,8 +413,8 @@ class MediaLoader:
         step1_size = dict(max_pixels=c.max_image_pixels, min_target_pixels=vm.IMAGE_MIN_TOKEN_NUM * f1**2,
                           max_target_pixels=vm.IMAGE_MAX_TOKEN_NUM * f1**2, factor=f1)
         try:
-            h1, w1 = await self._decode(image_target, fetched[0].data, img_opts,
-                                        content_type=fetched[0].content_type, **step1_size)
+            h1, w1 = await self._probe(image_target, fetched[0].data, img_opts,
+                                       content_type=fetched[0].content_type, **step1_size)
         except MediaError as e:
             raise MediaError(f"frame 0: {e}") from None
         th, tw = vm.video_target_size(h1, w1, n, opts, min_pixels=c.video_min_pixels,

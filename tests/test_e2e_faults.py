@@ -1,10 +1,11 @@
 """Faults under load, end to end (the session's shared app, last of its modules: real `serve run`,
-HTTP, vLLM CPU build, the official openai client). While a bounded load of text and image
-requests (streamed and not) runs, one Preprocessor replica and then one Engine replica are killed
-by actor id (``ray.kill`` on the replica's actor handle, found among Serve's named actors).
+HTTP, vLLM CPU build, the official openai client). While a bounded load of text, image and video
+requests (streamed and not, short ones and long streams) runs, one Preprocessor replica and then
+one Engine replica are killed by actor id (``ray.kill`` on the replica's actor handle, found among
+Serve's named actors); each kill must find requests in flight (media ones for the Preprocessor).
 
-Asserted: every request ends cleanly — it succeeds (a request that had not reached the dead
-replica is routed to its successor), or gets a 5xx status, or (a stream already under way) an
+Asserted: every request ends cleanly — it succeeds with all the tokens it asked for (Serve may
+send a call to the dead replica's successor), or gets a 5xx status, or (a stream already under way) an
 error event and ``[DONE]`` — and none runs past the app's request deadline
 (``http_options.request_timeout_s``) without an answer; Serve replaces both replicas, the killed
 engine leaves no vLLM engine-core process behind, and afterwards every request succeeds. The
@@ -28,11 +29,13 @@ from tests import serve_replicas
 pytestmark = pytest.mark.e2e
 MODEL = "qwen2.5-vl-tiny"
 WORKERS = 6  # concurrent clients; each waits PAUSE_S between its requests
+LONG_WORKERS = 2  # of them send only long streams, the others cycle through the short kinds
 PAUSE_S = 0.05
 MAX_REQUESTS = 3000
 MAX_TOKENS = 96
-LONG_TOKENS = 1024  # seconds of generation: whenever a replica is killed, some of these are under way
-KINDS = ("text", "text-stream", "image", "image-stream", "video", "long-stream")
+LONG_TOKENS = 1024  # seconds of generation: whenever the engine is killed, some of these are under way
+SHORT_KINDS = ("text", "text-stream", "image", "image-stream", "video")
+KINDS = (*SHORT_KINDS, "long-stream")
 SLACK_S = 15.0  # a request unanswered this long past the deadline counts as hung
 
 
@@ -62,8 +65,8 @@ class Load(threading.Thread):
     def run(self) -> None:
         asyncio.run(self._main())
 
-    def content(self, i: int) -> tuple[str, object]:
-        kind = KINDS[i % len(KINDS)]
+    def content(self, i: int, kinds: tuple[str, ...] = KINDS) -> tuple[str, object]:
+        kind = kinds[i % len(kinds)]
         media = {"image": {"type": "image_url", "image_url": {"url": self._images[i % 16]}},
                  "video": {"type": "video", "video": self.video}}.get(kind.split("-")[0])
         return kind, [media, {"type": "text", "text": f"what {i}"}] if media else f"say {i}"
@@ -75,17 +78,17 @@ class Load(threading.Thread):
                                     timeout=self.timeout)
         counter = iter(range(MAX_REQUESTS))
 
-        async def worker() -> None:
+        async def worker(kinds: tuple[str, ...]) -> None:
             for i in counter:
                 if self._halt.is_set():
                     return
-                kind, content = self.content(i)
+                kind, content = self.content(i, kinds)
                 t0 = time.time()
                 outcome = await one(client, content, stream=kind.endswith("stream"), tokens=_tokens(kind))
                 self.records.append((kind, outcome, t0, time.time()))
                 await asyncio.sleep(PAUSE_S)
 
-        await asyncio.gather(*(worker() for _ in range(WORKERS)))
+        await asyncio.gather(*(worker(("long-stream",) if w < LONG_WORKERS else SHORT_KINDS) for w in range(WORKERS)))
 
 
 def _tokens(kind: str) -> int:
@@ -141,7 +144,8 @@ def test_killing_a_preprocessor_then_an_engine_replica_under_load(served, media_
     from serve_app.dev import synth_media
 
     video = media_root / "faults.mp4"
-    video.write_bytes(synth_media.video(320, 240, 60, fps=10))
+    # 15 s: 150 frames to decode for the 30 it samples, so media work is under way at the kill
+    video.write_bytes(synth_media.video(480, 360, 150, fps=10))
     deadline_s = float(served.config["http_options"]["request_timeout_s"])
     before = serve_replicas.replicas(served)
     assert set(before) == {"Ingress", "Preprocessor", "Engine"}, before
@@ -167,9 +171,9 @@ def test_killing_a_preprocessor_then_an_engine_replica_under_load(served, media_
 
     records = load.records
     t_first = kills["Preprocessor"][0]
-    lines = [f"faults: {len(records)} requests by {WORKERS} clients ({', '.join(KINDS)}; {MAX_TOKENS} tokens, "
-             f"long: {LONG_TOKENS}), "
-             f"deadline {deadline_s:.0f} s: {_counts(records)}"]
+    lines = [f"faults: {len(records)} requests by {WORKERS} clients ({LONG_WORKERS} sending streams of {LONG_TOKENS} "
+             f"tokens, the others {', '.join(SHORT_KINDS)} of {MAX_TOKENS}), deadline {deadline_s:.0f} s: "
+             f"{_counts(records)}"]
     lines.append(f"faults: before the first kill: {_counts([r for r in records if r[3] < t_first])}")
     in_flight = {}
     for d, (t_kill, actor_id) in kills.items():

@@ -197,7 +197,7 @@ class ServingSection(_Strict):
         "grammar states they need: a character bounded by maxLength/minLength counts 16; a 'pattern' (and "
         "'patternProperties') atom 16 when it matches a wide set ('.', \\w, \\S, \\p{..}, a negated class, a "
         "class of more than 16 characters) and 1 otherwise, counted repetitions written out (nested ones "
-        "multiply; '*', '+', '?' count once); a 'format' 32. With a full-size vocabulary, compile time grows "
+        "multiply; '*', '+', '?' count once); a 'format' 64. With a full-size vocabulary, compile time grows "
         "with these faster than linearly (maxLength 64 is 1024).")
 
 

@@ -31,7 +31,15 @@ HEADER = """# Configuration reference
 Every key under a Serve application's `args:` (`import_path: serve_app.app:build_app`). Unknown
 keys are refused; `python -m serve_app validate-config FILE` checks a Serve config file against this
 schema without starting anything. Deployment options (replicas, autoscaling, `max_ongoing_requests`,
-`max_queued_requests`, CPUs) are Serve's own, under `deployments:`.
+`max_queued_requests`, CPUs) are Serve's own, under `deployments:`; one of them is a budget every
+config should state: the Preprocessor's `max_queued_requests` (media requests waiting per ingress
+replica; beyond it a 503 with Retry-After; 256 in the production configs, 64 in `configs/local.yaml`).
+
+Budgets that follow from engine arguments: `engine.engine_kwargs.limit_mm_per_prompt` (items per
+kind, refused at the ingress) and the context, `max_model_len` (else the long-context window, else
+the engine's): a request's images and videos may take what it leaves after `max_tokens` and the
+text, counted from the items' options at the ingress and from their declared sizes (headers,
+container index) in the preprocessor, before anything is decoded.
 """
 
 

@@ -72,7 +72,7 @@ _GROUP_PREFIX = re.compile(r"\?(?::|=|!|<=|<!|<[A-Za-z_]\w*>|P<[A-Za-z_]\w*>)?")
 # checks every token against every such state: those states are the expensive ones.
 WIDE = 16  # one position admitting (almost) any character
 NARROW = 1  # one position admitting a few characters (a digit, a hex digit, a literal)
-FORMAT = 32  # a string "format" (email, uri, ...): a fixed grammar of a few wide states
+FORMAT = 64  # a string "format" (email, uri, ...): a fixed grammar of a few wide states
 _WIDE_ESCAPES = set("wWsSDpPX")
 _CLASS_ESCAPE_WIDTH = {"d": 10, "w": 63, "s": 6}
 
@@ -219,4 +219,4 @@ def check_json_schema(schema: Any, serving: ServingSection) -> None:
             f"{_SCHEMA}'s string constraints (maxLength/minLength, pattern, format) weigh {work} grammar states; "
             f"this server accepts at most {serving.max_json_schema_string_work} "
             "(serving.max_json_schema_string_work: a character bounded by a length or matched by a wide pattern "
-            "class counts 16, a narrow pattern atom 1, a format 32)", param=_SCHEMA)
+            "class counts 16, a narrow pattern atom 1, a format 64)", param=_SCHEMA)

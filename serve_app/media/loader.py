@@ -32,7 +32,7 @@ from .errors import MediaError
 from .fetch import Fetched, Fetcher, source_kind
 from .image import decode_image, image_target
 from .netguard import Resolver
-from .resize import ResizeTally, resize_video_frame, tally
+from .resize import resize_video_frame
 from .spec import IMAGE_OPTIONS, VIDEO_OPTIONS, MediaSpec, check_item_count, validate_spec  # noqa: F401 - re-exported
 from .token_budget import TokenBudget, check_tokens
 from .tuning import set_library_threads, tune_malloc
@@ -245,31 +245,20 @@ class MediaLoader:
         metrics.count_media_bytes(source_kind(source), len(fetched.data))
         return fetched
 
-    async def _probe(self, fn, *args, **kwargs):
-        """A header or container-index read before the token budget is checked, in the decode threads;
-        not a stage of its own in the metrics (one media_decode observation per item stays true)."""
-        return await self._run(fn, *args, **kwargs)
-
-    async def _decode(self, fn, *args, **kwargs):
-        """``fn`` (decode and resize) in the decode threads: the resizes it runs timed as media_resize,
-        the rest (decoding, colour conversion, waiting for a decode thread) as media_decode."""
-        box: list[ResizeTally] = []
-
-        def run():
-            with tally() as t:
-                box.append(t)
-                return fn(*args, **kwargs)
-
+    async def _decode(self, fn, *args, probe_s: float = 0.0, **kwargs):
+        """``fn`` (decode and resize) in the decode threads, timed as media_decode together with the
+        item's header probe (``probe_s``): one observation per item."""
         t0 = time.monotonic()
         try:
-            return await self._run(run)
+            return await self._run(fn, *args, **kwargs)
         finally:
-            # A cancelled request's thread may still be running: its resizes so far are what counts.
-            resized = box[0] if box else None
-            resize_s = resized.seconds if resized is not None else 0.0
-            metrics.observe_stage("media_decode", time.monotonic() - t0 - resize_s)
-            if resized is not None and resized.calls:
-                metrics.observe_stage("media_resize", resize_s)
+            metrics.observe_stage("media_decode", time.monotonic() - t0 + probe_s)
+
+    async def _probe(self, fn, *args, **kwargs):
+        """``fn`` (a header or container-index read) in the decode threads -> (result, seconds)."""
+        t0 = time.monotonic()
+        out = await self._run(fn, *args, **kwargs)
+        return out, time.monotonic() - t0
 
     async def _digest(self, data: bytes) -> str:
         """sha256 hex of the media bytes; large payloads hashed off the event loop (~1.5 ms per 2.7 MB)."""
@@ -296,7 +285,8 @@ class MediaLoader:
 
     async def _plan_cached(self, spec: MediaSpec, source: str, max_bytes: int, probe, compute) -> "_Planned":
         """Source-key cache (URLs, with TTL) -> fetch -> content-key cache -> ``probe(fetched)``
-        (header only: ``(tokens, state)``); the plan's ``finish`` runs ``compute(fetched, uuid, state)``
+        (header only: ``(tokens, state)``); the plan's ``finish`` runs ``compute(fetched, uuid, state,
+        probe seconds)``
         (shared by concurrent requests for the same content)."""
         opts = _canon(self._effective(spec))
         src_key = None
@@ -311,11 +301,11 @@ class MediaLoader:
             if hit is not None:
                 self.cache.hits += 1
                 return self._ready(hit, src_key, content_key)
-            tokens, state = await self._probe(probe, fetched)
+            (tokens, state), probe_s = await self._probe(probe, fetched)
             uuid = hashlib.sha256(f"{PIPELINE_VERSION}\x00{digest}\x00{opts}".encode()).hexdigest()
 
             async def compute_and_keep():
-                result = await compute(fetched, uuid, state)
+                result = await compute(fetched, uuid, state, probe_s)
                 self.cache.put(content_key, result, _nbytes(result))
                 return result
 
@@ -348,8 +338,9 @@ class MediaLoader:
                                   content_type=fetched.content_type)
             return vm.image_tokens(th, tw), None
 
-        async def compute(fetched: Fetched, uuid: str, _state) -> LoadedImage:
-            img = await self._decode(decode_image, fetched.data, spec.options, max_pixels=c.max_image_pixels,
+        async def compute(fetched: Fetched, uuid: str, _state, probe_s: float) -> LoadedImage:
+            img = await self._decode(decode_image, fetched.data, spec.options, probe_s=probe_s,
+                                     max_pixels=c.max_image_pixels,
                                      min_target_pixels=c.image_min_pixels, max_target_pixels=c.image_max_pixels,
                                      content_type=fetched.content_type, mode=c.decode_mode,
                                      margin=c.jpeg_reduce_margin, output="any")
@@ -367,8 +358,8 @@ class MediaLoader:
             plan = plan_video(fetched.data, spec.options, limits=self._limits, defaults=self._vdefaults)
             return plan.tokens, plan
 
-        async def compute(fetched: Fetched, uuid: str, plan) -> LoadedVideo:
-            frames, meta = await self._decode(decode_planned, fetched.data, plan, mode=c.decode_mode)
+        async def compute(fetched: Fetched, uuid: str, plan, probe_s: float) -> LoadedVideo:
+            frames, meta = await self._decode(decode_planned, fetched.data, plan, mode=c.decode_mode, probe_s=probe_s)
             frames.flags.writeable = False
             return LoadedVideo(frames=frames, metadata=meta, uuid=uuid)
 
@@ -413,8 +404,8 @@ class MediaLoader:
         step1_size = dict(max_pixels=c.max_image_pixels, min_target_pixels=vm.IMAGE_MIN_TOKEN_NUM * f1**2,
                           max_target_pixels=vm.IMAGE_MAX_TOKEN_NUM * f1**2, factor=f1)
         try:
-            h1, w1 = await self._probe(image_target, fetched[0].data, img_opts,
-                                       content_type=fetched[0].content_type, **step1_size)
+            (h1, w1), _ = await self._probe(image_target, fetched[0].data, img_opts,
+                                            content_type=fetched[0].content_type, **step1_size)
         except MediaError as e:
             raise MediaError(f"frame 0: {e}") from None
         th, tw = vm.video_target_size(h1, w1, n, opts, min_pixels=c.video_min_pixels,

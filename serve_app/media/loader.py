@@ -32,7 +32,7 @@ from .errors import MediaError
 from .fetch import Fetched, Fetcher, source_kind
 from .image import decode_image, image_target
 from .netguard import Resolver
-from .resize import resize_video_frame
+from .resize import ResizeTally, resize_video_frame, tally
 from .spec import IMAGE_OPTIONS, VIDEO_OPTIONS, MediaSpec, check_item_count, validate_spec  # noqa: F401 - re-exported
 from .token_budget import TokenBudget, check_tokens
 from .tuning import set_library_threads, tune_malloc
@@ -246,13 +246,26 @@ class MediaLoader:
         return fetched
 
     async def _decode(self, fn, *args, probe_s: float = 0.0, **kwargs):
-        """``fn`` (decode and resize) in the decode threads, timed as media_decode together with the
-        item's header probe (``probe_s``): one observation per item."""
+        """``fn`` (decode and resize) in the decode threads: the resizes it runs timed as media_resize,
+        the rest (decoding, colour conversion, waiting for a decode thread) as media_decode together
+        with the item's header probe (``probe_s``): one observation of each per item."""
+        box: list[ResizeTally] = []
+
+        def run():
+            with tally() as t:
+                box.append(t)
+                return fn(*args, **kwargs)
+
         t0 = time.monotonic()
         try:
-            return await self._run(fn, *args, **kwargs)
+            return await self._run(run)
         finally:
-            metrics.observe_stage("media_decode", time.monotonic() - t0 + probe_s)
+            # A cancelled request's thread may still be running: its resizes so far are what counts.
+            resized = box[0] if box else None
+            resize_s = resized.seconds if resized is not None else 0.0
+            metrics.observe_stage("media_decode", time.monotonic() - t0 - resize_s + probe_s)
+            if resized is not None and resized.calls:
+                metrics.observe_stage("media_resize", resize_s)
 
     async def _probe(self, fn, *args, **kwargs):
         """``fn`` (a header or container-index read) in the decode threads -> (result, seconds)."""

@@ -90,6 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray.serve.scripts import run
 
+    args.metrics_port, args.serve_args = split_metrics_port(args.metrics_port, args.serve_args)
     address = os.environ.get("RAY_ADDRESS") or None
     init_kwargs = {"namespace": "serve"}
     if address in (None, "local"):
@@ -99,6 +100,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"Prometheus metrics: http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
     # serve run skips ray.init when Ray is already initialised in this process.
     return run.main([args.config, *args.serve_args], prog_name="serve run", standalone_mode=True)
+
+
+def split_metrics_port(default: int, rest: list[str]) -> tuple[int, list[str]]:
+    """``--metrics-port`` given after CONFIG lands among the `serve run` options (argparse's
+    REMAINDER): take it back out, so ``serve CONFIG --metrics-port N`` works as the usage says."""
+    port, out, i = default, [], 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--metrics-port" and i + 1 < len(rest):
+            port, i = int(rest[i + 1]), i + 2
+            continue
+        if a.startswith("--metrics-port="):
+            port = int(a.split("=", 1)[1])
+        else:
+            out.append(a)
+        i += 1
+    return port, out
 
 
 # ------------------------------------------------------------------------------ validate-config

@@ -107,3 +107,11 @@ def test_warmup_runs_the_warmup_job_itself(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["warmup", "--image", "1x"])
     assert "usage: serve-app warmup" in capsys.readouterr().err
+
+
+def test_serve_takes_the_metrics_port_before_or_after_the_config():
+    from serve_app.cli import split_metrics_port
+
+    assert split_metrics_port(8080, []) == (8080, [])
+    assert split_metrics_port(8080, ["--metrics-port", "9100", "--address", "x"]) == (9100, ["--address", "x"])
+    assert split_metrics_port(8080, ["--reload", "--metrics-port=9101"]) == (9101, ["--reload"])

@@ -31,6 +31,7 @@ from serve_app.engine.request_log import RequestRecord
 from serve_app.preprocess.prepared import PreparedMedia
 from serve_app.engine.stream_pacing import paced
 from serve_app.observability import metrics
+from serve_app.observability.logs import keep_handlers
 
 logger = logging.getLogger("serve_app.engine")
 
@@ -115,7 +116,9 @@ class EngineRuntime:
             engine_args = AsyncEngineArgs(**kwargs)
         except TypeError as exc:
             raise ValueError(f"args.engine.engine_kwargs: not accepted by this vLLM version: {exc}") from None
-        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        # vLLM reconfigures logging here, closing the replica's Serve log handler (observability.logs).
+        with keep_handlers():
+            vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         if placement.executor_backend == "ray":
             if placement_group is None:
                 from ray.util.placement_group import get_current_placement_group
@@ -128,13 +131,14 @@ class EngineRuntime:
         mark("engine_config")
         startup_log = StartupLog()
         try:
-            self.engine = AsyncLLM.from_vllm_config(
-                vllm_config,
-                usage_context=UsageContext.OPENAI_API_SERVER,
-                enable_log_requests=False,
-                disable_log_stats=False,
-                stat_loggers=_ray_stat_loggers(),
-            )
+            with keep_handlers():  # an in-process EngineCore configures vLLM's logging again
+                self.engine = AsyncLLM.from_vllm_config(
+                    vllm_config,
+                    usage_context=UsageContext.OPENAI_API_SERVER,
+                    enable_log_requests=False,
+                    disable_log_stats=False,
+                    stat_loggers=_ray_stat_loggers(),
+                )
         except Exception as exc:  # noqa: BLE001 - any start failure becomes one line naming its cause
             message = startup_log.failure_message(exc)
             logger.error("%s", message, exc_info=exc)

@@ -38,10 +38,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from serve_app.dev.slow_source import Trickle  # noqa: E402
 
 MODEL = "qwen2.5-vl-tiny"
 MiB = 1 << 20
@@ -103,47 +104,6 @@ def delta_gif(side: int, frames: int) -> bytes:
     a.save(buf, "GIF", save_all=True, append_images=[b], duration=100, loop=0, optimize=False)
     head, blocks = _gif_blocks(buf.getvalue())
     return head + b"".join(blocks) + b"".join(blocks[-2:] * (frames - 2)) + b"\x3b"
-
-
-# ----------------------------------------------------------------------------- slow source
-class Trickle:
-    """Loopback HTTP server: every response an image sent one byte every ``every_s`` seconds."""
-
-    def __init__(self, every_s: float = 5.0):
-        self.stop = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", "100000")
-                self.end_headers()
-                try:
-                    while not owner.stop.is_set():
-                        self.wfile.write(b"\x89")
-                        self.wfile.flush()
-                        owner.stop.wait(every_s)
-                except OSError:
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, client_address: None
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-
-    def url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/slow-{i}.png"
-
-    def close(self) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # ----------------------------------------------------------------------------- server

@@ -9,14 +9,13 @@ import base64
 import io
 import os
 import struct
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from PIL import Image
 
+from serve_app.dev.slow_source import Trickle
 from tests.conftest import ROOT, ServeProcess, free_port, throughput_env, write_local_config
 
 pytestmark = pytest.mark.e2e
@@ -135,54 +134,11 @@ def test_declared_sizes_over_the_context_are_400s_before_any_decode(served_keys)
     assert took < 30  # sanity only: decoding them took minutes and GBs
 
 
-class _Trickle:
-    """A loopback HTTP server whose every response is an image sent one byte every ``every_s``."""
-
-    def __init__(self, every_s: float = 5.0):
-        self.stop = threading.Event()
-        self.started = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                owner.started += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", "100000")
-                self.end_headers()
-                try:
-                    while not owner.stop.is_set():
-                        self.wfile.write(b"\x89")
-                        self.wfile.flush()
-                        owner.stop.wait(every_s)
-                except OSError:  # the fetcher gave up: what this test wants
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, client_address: None
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self.thread.start()
-
-    def url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/slow-{i}.png"
-
-    def close(self):
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_slow_sources_fail_fast_and_do_not_starve_a_data_uri_behind_them(served_keys):
     """24 requests whose image URL trickles one byte every 5 s fill the Preprocessor (16 ongoing in
     local.yaml); a tiny data-URI image sent behind them still gets its answer."""
     n_slow = 24
-    trickle = _Trickle()
+    trickle = Trickle()
     headers = {"Authorization": f"Bearer {KEY}"}
 
     def body(url):

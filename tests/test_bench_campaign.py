@@ -236,3 +236,18 @@ def test_timed_levels_against_a_fake_streaming_server():
     finally:
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
+
+
+def test_ray_temp_dir_keeps_socket_paths_short(tmp_path):
+    from bench.serve_bench import launch
+
+    short = launch._ray_tmp(pathlib.Path("/tmp/b"), "20261130-010203")
+    assert short == pathlib.Path("/tmp/b/rt-010203")
+    deep = tmp_path / ("x" * 60)
+    deep.mkdir()
+    got = launch._ray_tmp(deep, "20261130-010203")
+    try:
+        assert len(str(got)) + launch._RAY_SOCKET_SUFFIX <= 107
+        assert (deep / "rt-010203").resolve() == got.resolve()
+    finally:
+        got.rmdir()

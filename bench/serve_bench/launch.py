@@ -78,7 +78,7 @@ def start(*, server: str, variant: str, settings: BenchSettings, workdir: Path, 
         metrics_port = free_port()
         cmd = serve_command(cfg_path, metrics_port)
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        ray_tmp = workdir / f"rt-{stamp[-6:]}"  # short: Ray's socket paths live under it
+        ray_tmp = _ray_tmp(workdir, stamp)
         env = dict(env, RAY_ADDRESS="local", RAY_DEDUP_LOGS="0", RAY_TMPDIR=str(ray_tmp))
     result["command"] = " ".join(cmd)
     result["env"] = env
@@ -88,6 +88,25 @@ def start(*, server: str, variant: str, settings: BenchSettings, workdir: Path, 
     follower = coldstart.LogFollower(log_path, proc.t0).start()
     result["audited_env"] = audited_env
     return Launched(server, variant, proc, follower, log_path, key_dir, launch_wall, metrics_url, ray_tmp, result)
+
+
+# Ray puts its sockets under RAY_TMPDIR/ray/session_<date>_<pid>/sockets/plasma_store (~70 characters
+# after the directory), and a Unix socket path stops at 107 bytes.
+_RAY_SOCKET_SUFFIX = 72
+
+
+def _ray_tmp(workdir: Path, stamp: str) -> Path:
+    """This launch's own Ray temp dir: WORKDIR/rt-HHMMSS, or, where that path would make Ray's socket
+    paths too long, a short one under /tmp that WORKDIR/rt-HHMMSS links to."""
+    near = workdir / f"rt-{stamp[-6:]}"
+    if len(str(near)) + _RAY_SOCKET_SUFFIX <= 107:
+        return near
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix=f"rt{stamp[-6:]}-", dir="/tmp"))
+    if not near.exists():
+        near.symlink_to(short)
+    return short
 
 
 def replica_logs(launched: Launched) -> list[Path]:

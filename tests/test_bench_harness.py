@@ -42,6 +42,11 @@ def test_harness_vllm_and_app_text_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-6000:]
 
     results = json.loads((out / "results.json").read_text())
+    ray_tmp = (results.get("app") or {}).get("ray_tmp")
+    if ray_tmp and not ray_tmp.startswith(str(tmp_path)):  # the short fallback under /tmp
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     prompt_tokens = {}
     for server in ("vllm", "app"):
         ph = results[server]

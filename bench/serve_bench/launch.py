@@ -136,6 +136,7 @@ def finish(launched: Launched) -> dict[str, Any]:
     r["engine_configs"] = evidence.engine_configs(texts)
     r["log"] = str(launched.log_path)
     r["replica_log_files"] = [str(p) for p in files]
+    r["ray_tmp"] = None if launched.ray_tmp is None else str(launched.ray_tmp)
     return r
 
 

@@ -121,14 +121,14 @@ def build_payloads(args, levels: list[LevelSpec], model_name: str, model_dir: Pa
                    log) -> Payloads:
     """Every body the campaign can send, built once (the same bytes for every launch): enough for the
     fastest server at the level's length (``--bodies``: per workload, per level)."""
+    from .harness import _media_shape, _spec  # the load phases' own: the same shapes for both protocols
+
     t = time.monotonic()
     counter = workloads.TokenCounter(model_dir)
     assets = args.workdir / "assets"
     closed: dict[str, list[bytes]] = {}
     conversations: list[Any] = []
-    media = workloads.MediaShape(image_width=args.image_size[0], image_height=args.image_size[1],
-                                 video_width=args.video_size[0], video_height=args.video_size[1],
-                                 video_seconds=args.video_seconds, video_fps=args.video_fps)
+    media = _media_shape(args)
     for wl in dict.fromkeys(lv.workload for lv in levels):
         if wl == "multiturn":
             shape = workloads.ConversationShape(image_width=args.conversation_image_size[0],
@@ -140,11 +140,7 @@ def build_payloads(args, levels: list[LevelSpec], model_name: str, model_dir: Pa
                                                            max_tokens=args.max_tokens or workloads.WORKLOADS[wl].max_tokens,
                                                            uri_cache=cache) for u in users]
             continue
-        spec = workloads.WORKLOADS[wl]
-        if spec.images:
-            from dataclasses import replace
-
-            spec = replace(spec, images=args.images_per_request)
+        spec = _spec(args, wl)
         n = args.bodies.get(wl, args.bodies.get("*", 400))
         idx = list(range(n))
         if spec.media_kind:

@@ -29,11 +29,8 @@ import json
 import os
 import pathlib
 import re
-import signal
-import socket
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -42,6 +39,7 @@ from dataclasses import dataclass, field
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serve_bench.servers import ServerProcess, free_port  # noqa: E402
 from serve_app.dev.slow_source import Trickle  # noqa: E402
 
 MODEL = "qwen2.5-vl-tiny"
@@ -107,12 +105,6 @@ def delta_gif(side: int, frames: int) -> bytes:
 
 
 # ----------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, log_path: pathlib.Path):
         import yaml
@@ -128,11 +120,12 @@ class Server:
         env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS="local", **THROUGHPUT_ENV,
                    RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
                    VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", HF_HUB_OFFLINE="1")
-        self._log = open(log_path, "wb")
         serve = pathlib.Path(sys.executable).parent / "serve"
-        self.proc = subprocess.Popen([str(serve), "run", str(self.config)], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-        self.base = f"http://127.0.0.1:{self.port}"
+        # its own process group and marker: stop() leaves nothing of this server behind
+        self.server = ServerProcess([str(serve), "run", str(self.config)], env, log_path,
+                                    f"http://127.0.0.1:{self.port}")
+        self.proc = self.server.proc
+        self.base = self.server.base_url
 
     def wait_ready(self, timeout: float = 900) -> None:
         import httpx
@@ -140,7 +133,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"serve run exited with {self.proc.returncode}; see {self._log.name}")
+                raise RuntimeError(f"serve run exited with {self.proc.returncode}; see {self.server.log_path}")
             try:
                 ok = httpx.get(f"{self.base}/v1/models", timeout=5).status_code == 200
             except httpx.HTTPError:
@@ -149,7 +142,7 @@ class Server:
                 self._check_port_is_ours()
                 return
             time.sleep(1)
-        raise TimeoutError(f"not ready after {timeout}s; see {self._log.name}")
+        raise TimeoutError(f"not ready after {timeout}s; see {self.server.log_path}")
 
     def _check_port_is_ours(self) -> None:
         """HAProxy listens with SO_REUSEPORT: another Serve on this box that took the same port would
@@ -180,17 +173,7 @@ class Server:
         return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the local Ray that `serve run` started
-        except ProcessLookupError:
-            pass
-        self._log.close()
+        self.server.stop(grace_s=60)
 
 
 def _sid(pid: int) -> int | None:

@@ -24,7 +24,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------------- process CPU
-def _stat(pid: int) -> tuple[int, float] | None:
+def proc_stat(pid: int) -> tuple[int, float] | None:
     """(ppid, utime+stime seconds) of a process."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -60,7 +60,7 @@ def server_pids(root_pid: int, marker: str | None, marker_env: str = "SERVE_BENC
         if not d.name.isdigit():
             continue
         pid = int(d.name)
-        st = _stat(pid)
+        st = proc_stat(pid)
         if st is None:
             continue
         parents[pid] = st[0]
@@ -92,7 +92,7 @@ class ProcessCPU:
     def _snap(self) -> dict[int, tuple[str, float]]:
         out = {}
         for pid in server_pids(self.root_pid, self.marker):
-            st = _stat(pid)
+            st = proc_stat(pid)
             if st:
                 out[pid] = (_label(pid), st[1])
         return out

@@ -387,11 +387,10 @@ class StaticServer:
         raise TimeoutError("static media server did not start")
 
     def cpu_seconds(self) -> float | None:
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return None
+        from .evidence import proc_stat
+
+        st = proc_stat(self.proc.pid)
+        return None if st is None else st[1]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
